@@ -1,0 +1,41 @@
+"""ContextEdit: context-aware, instruction-driven, localized image editing for ComfyUI.
+
+ComfyUI loads this folder as a custom-node package and calls :func:`comfy_entrypoint`.
+Importing the package anywhere else (tests, scripts, other packs) must not need ComfyUI, so
+nothing here imports ``comfy`` / ``comfy_api`` at module level: node modules are imported by
+the entrypoint only. ComfyUI owns the top-level module name ``nodes``; inside the pack every
+import is relative.
+"""
+
+__version__ = "0.1.0"
+
+# (module path relative to this package, class names) of every node the pack registers.
+# Adding a node means adding it here; tests check this list against the files on disk.
+NODE_MODULES = (
+    (".nodes.attention.node", ("AttentionMask", "AttentionMap")),
+)
+
+
+def _load_node_classes():
+    import importlib
+
+    classes = []
+    for module_name, class_names in NODE_MODULES:
+        module = importlib.import_module(module_name, package=__name__)
+        classes.extend(getattr(module, name) for name in class_names)
+    return classes
+
+
+def comfy_entrypoint():
+    """Called by ComfyUI (V3 schema) when it loads custom nodes."""
+    from comfy_api.latest import ComfyExtension
+
+    from .nodes.model_folders import register_model_folders
+
+    register_model_folders()
+
+    class ContextEditExtension(ComfyExtension):
+        async def get_node_list(self):
+            return _load_node_classes()
+
+    return ContextEditExtension()

@@ -1,0 +1,38 @@
+"""The pack's own exception types.
+
+Every error a user can cause says which input is wrong, what was expected and what to do; nodes
+raise these (ComfyUI shows the message in the UI and in /history), tests assert on them.
+"""
+
+
+class ContextEditError(Exception):
+    """Base class of every error the pack raises on purpose."""
+
+
+class InputError(ContextEditError, ValueError):
+    """A node input (or an engine argument) is unusable.
+
+    ``input_name`` names the offending input so callers and tests can tell which one it was.
+    """
+
+    def __init__(self, input_name: str, problem: str, fix: str):
+        self.input_name = input_name
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"Input '{input_name}': {problem} {fix}".strip())
+
+
+class ModelNotFoundError(ContextEditError, FileNotFoundError):
+    """A model name could not be resolved to a file or folder in ComfyUI's model folders."""
+
+    def __init__(self, kind: str, name: str, searched: list, expected: str):
+        self.kind = kind
+        self.name = name
+        self.searched = list(searched)
+        self.expected = expected
+        where = ", ".join(self.searched) if self.searched else "(no folder registered)"
+        super().__init__(
+            f"{kind} model '{name}' was not found. Searched: {where}. Expected {expected}. "
+            f"Put it in one of those folders (or add a '{kind}:' entry to extra_model_paths.yaml) "
+            f"and refresh the node list."
+        )

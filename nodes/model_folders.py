@@ -1,0 +1,125 @@
+"""Model folders of the pack and one resolver for all of them.
+
+ComfyUI keeps ``folder_paths.folder_names_and_paths[name] = ([paths...], {extensions})``. Users add
+paths with extra_model_paths.yaml, which ComfyUI reads *before* custom nodes load, so registration
+here only ever adds our default folder and our extensions to what is already there.
+
+The module works on any object shaped like ComfyUI's ``folder_paths`` (tests pass a fake), and
+imports the real one lazily.
+"""
+
+import os
+from dataclasses import dataclass
+
+from .errors import ModelNotFoundError
+
+WEIGHT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    name: str            # folder_paths key, also the folder under models/
+    layout: str          # "file": one weights file per model; "hf": a Hugging Face folder per model
+    extensions: tuple    # for "file" layout
+    expected: str        # human description used in errors
+
+
+# Ours are registered by register_model_folders(); core's are listed so the resolver can describe them.
+MODEL_FOLDERS = {
+    "sams": ModelFolder("sams", "file", (".pth", ".pt", ".safetensors"),
+                        "a segment-anything checkpoint (e.g. sam_vit_b_01ec64.pth, vit_b/l/h)"),
+    "LLM": ModelFolder("LLM", "hf", (),
+                       "a Hugging Face model folder (config.json, tokenizer/processor files, *.safetensors), "
+                       "e.g. models/LLM/Qwen2.5-VL-3B-Instruct"),
+    "contextedit": ModelFolder("contextedit", "file", (".safetensors",),
+                               "a ContextEdit region-predictor checkpoint (*.safetensors)"),
+    "clip_vision": ModelFolder("clip_vision", "file", WEIGHT_EXTENSIONS,
+                               "a CLIP vision model (e.g. clip_vit_large_patch14.safetensors)"),
+    "text_encoders": ModelFolder("text_encoders", "file", WEIGHT_EXTENSIONS,
+                                 "a text encoder (e.g. a FLAN-T5 folder or safetensors file)"),
+}
+OWN_FOLDERS = ("sams", "LLM", "contextedit")
+
+
+def _folder_paths(fp=None):
+    if fp is not None:
+        return fp
+    import folder_paths  # ComfyUI's module; only available inside ComfyUI
+
+    return folder_paths
+
+
+def register_model_folders(fp=None) -> None:
+    """Add ``models/<name>`` for each of our folders, keeping every path already registered."""
+    fp = _folder_paths(fp)
+    table = fp.folder_names_and_paths
+    for name in OWN_FOLDERS:
+        spec = MODEL_FOLDERS[name]
+        default = os.path.join(fp.models_dir, name)
+        if name in table:
+            paths, exts = table[name]
+            if default not in paths:
+                paths.append(default)
+            if spec.extensions and exts:  # an empty set means "any extension": keep it that way
+                exts = set(exts) | set(spec.extensions)
+            table[name] = (paths, exts)
+        else:
+            table[name] = ([default], set(spec.extensions) if spec.layout == "file" else set())
+
+
+def search_paths(kind: str, fp=None) -> list:
+    fp = _folder_paths(fp)
+    if kind not in fp.folder_names_and_paths:
+        return []
+    return list(fp.folder_names_and_paths[kind][0])
+
+
+def _is_hf_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
+def list_hf_folders(kind: str, fp=None, max_depth: int = 3) -> list:
+    """Names (relative, '/'-separated) of every Hugging Face folder under the kind's paths."""
+    found = []
+    for root in search_paths(kind, fp):
+        if not os.path.isdir(root):
+            continue
+        root_depth = root.rstrip(os.sep).count(os.sep)
+        for dirpath, dirnames, _ in os.walk(root, followlinks=True):
+            if _is_hf_folder(dirpath) and dirpath != root:
+                found.append(os.path.relpath(dirpath, root).replace(os.sep, "/"))
+                dirnames[:] = []  # a model folder's subfolders are part of it
+            elif dirpath.count(os.sep) - root_depth >= max_depth:
+                dirnames[:] = []
+    return sorted(set(found))
+
+
+def list_models(kind: str, fp=None) -> list:
+    """What a loader node offers in its combo box."""
+    spec = MODEL_FOLDERS.get(kind)
+    if spec is not None and spec.layout == "hf":
+        return list_hf_folders(kind, fp)
+    fp = _folder_paths(fp)
+    return list(fp.get_filename_list(kind))
+
+
+def resolve_model(kind: str, name: str, fp=None) -> str:
+    """Full path of model ``name`` of ``kind``; raises ModelNotFoundError naming where it looked."""
+    spec = MODEL_FOLDERS.get(kind)
+    expected = spec.expected if spec else f"a model file for '{kind}'"
+    searched = search_paths(kind, fp)
+    if not name or not isinstance(name, str):
+        raise ModelNotFoundError(kind, str(name), searched, expected)
+    rel = name.replace("/", os.sep)
+    if os.path.isabs(rel) or ".." in rel.split(os.sep):
+        raise ModelNotFoundError(kind, name, searched, expected + " (a name relative to the folder)")
+    for root in searched:
+        candidate = os.path.join(root, rel)
+        if spec is not None and spec.layout == "hf":
+            if os.path.isdir(candidate) and _is_hf_folder(candidate):
+                return candidate
+        elif os.path.isfile(candidate):
+            return candidate
+        elif os.path.isdir(candidate) and _is_hf_folder(candidate):
+            return candidate  # text encoders / CLIP vision may also be HF folders
+    raise ModelNotFoundError(kind, name, searched, expected)

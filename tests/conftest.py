@@ -1,0 +1,49 @@
+"""Test bootstrap: import the checkout as the package ``contextedit``.
+
+The repository root is the custom-node folder ComfyUI loads (its name is whatever the user cloned
+it as), so tests load it under a fixed name with importlib instead of relying on sys.path.
+"""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_NAME = "contextedit"
+
+
+def _load_pack():
+    if PACKAGE_NAME in sys.modules:
+        return sys.modules[PACKAGE_NAME]
+    spec = importlib.util.spec_from_file_location(
+        PACKAGE_NAME, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_load_pack()
+# make tests/fixtures importable as "fixtures" from any test file
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def comfyui_path():
+    path = os.environ.get("COMFYUI_PATH")
+    if path and os.path.isfile(os.path.join(path, "main.py")):
+        return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def generated_dir(tmp_path_factory):
+    """Cache dir for generated tiny models, shared by the whole run (never committed)."""
+    root = os.environ.get("CONTEXTEDIT_TEST_CACHE")
+    if root:
+        os.makedirs(root, exist_ok=True)
+        return Path(root)
+    return tmp_path_factory.mktemp("generated")
