@@ -1,0 +1,125 @@
+"""ComfyUI adapter: run controllers inside ComfyUI's UNet through attn2 replace functions.
+
+ComfyUI keeps one replace function per layer key in ``transformer_options["patches_replace"]
+["attn2"]`` and a plain assignment clobbers whatever another pack put there (notes/comfy_core_api
+§2). So we never write that dict at patch time. Instead the patch is a DIFFUSION_MODEL wrapper
+that, on every UNet call, copies ``transformer_options`` and installs, for every cross-attention
+layer, a replace that runs our controller *around whatever replace would have run* for that layer
+(3-tuple key first, then 2-tuple, as ComfyUI looks them up). Packs that patched before us, after
+us, or that wrap like we do, all keep acting; the caller's dicts and the input MODEL are never
+modified.
+"""
+
+import re
+import uuid
+
+from .controller import AttentionCall
+
+ATTN2_PATH = re.compile(r"^(input_blocks|output_blocks|middle_block)\.(\d+)\.\d+\.transformer_blocks\.(\d+)\.attn2$")
+_BLOCK_NAMES = {"input_blocks": "input", "output_blocks": "output", "middle_block": "middle"}
+WRAPPER_PREFIX = "contextedit_attention"
+
+
+def attn2_layers(diffusion_model):
+    """{(block, id, index): attn2 module} for every cross-attention layer of a ComfyUI UNet."""
+    layers = {}
+    for name, module in diffusion_model.named_modules():
+        m = ATTN2_PATH.match(name)
+        if m is None:
+            continue
+        group, block_id, index = m.group(1), int(m.group(2)), int(m.group(3))
+        if group == "middle_block":
+            # middle_block.<i> is a position inside the middle block, ComfyUI calls it ("middle", 0)
+            block_id = 0
+        layers[(_BLOCK_NAMES[group], block_id, index)] = module
+    return layers
+
+
+def _default_attention(q, k, v, extra_options):
+    from comfy.ldm.modules.attention import optimized_attention
+
+    return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+                               transformer_options=extra_options)
+
+
+def make_replace(controller, module, previous, default_attention=_default_attention):
+    """An attn2 replace function ``fn(q, k, v, extra_options)`` running ``controller`` around
+    ``previous`` (another replace function, or None for ComfyUI's own attention)."""
+
+    def replace(q, k, v, extra_options, **kwargs):
+        if previous is not None:
+            def attend(q_, k_, v_):
+                return previous(q_, k_, v_, extra_options, **kwargs)
+        else:
+            def attend(q_, k_, v_):
+                return default_attention(q_, k_, v_, extra_options)
+
+        h, w = extra_options["activations_shape"][-2:]
+        lh, lw = extra_options.get("original_shape", extra_options["activations_shape"])[-2:]
+        block = extra_options.get("block") or ("?", -1)
+        call = AttentionCall(
+            q=q, k=k, v=v,
+            heads=extra_options["n_heads"],
+            is_cross=True,
+            height=int(h), width=int(w),
+            latent_height=int(lh), latent_width=int(lw),
+            place=(block[0], block[1], extra_options.get("block_index", 0)),
+            branches=list(extra_options.get("cond_or_uncond", [0])),
+            attend=attend,
+            project_context=lambda ctx: (module.to_k(ctx), module.to_v(ctx)),
+            sigma=extra_options.get("sigmas"),
+            # a copy: ComfyUI's dict is shared by every layer of this call
+            extra={**extra_options, "contextedit_inner": getattr(previous, "contextedit_controller", None)},
+        )
+        return controller(call)
+
+    replace.contextedit_controller = controller  # lets tests and other tools see who is here
+    return replace
+
+
+def with_controller(transformer_options, diffusion_model, controller):
+    """A copy of ``transformer_options`` whose attn2 replaces run ``controller`` first."""
+    to = dict(transformer_options)
+    replaces = dict(to.get("patches_replace", {}))
+    attn2 = dict(replaces.get("attn2", {}))
+    for key, module in attn2_layers(diffusion_model).items():
+        previous = attn2.get(key, attn2.get(key[:2]))
+        attn2[key] = make_replace(controller, module, previous)
+    replaces["attn2"] = attn2
+    to["patches_replace"] = replaces
+    return to
+
+
+def install_controller(model_patcher, controller, key=None):
+    """Return a clone of ``model_patcher`` with ``controller`` on every attn2 call.
+
+    The input patcher (and its model_options) is left exactly as it was.
+    """
+    from comfy.patcher_extension import WrappersMP
+
+    patched = model_patcher.clone()
+    key = key or f"{WRAPPER_PREFIX}_{uuid.uuid4().hex[:8]}"
+
+    def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transformer_options, *args, **kwargs):
+        to = with_controller(transformer_options, executor.class_obj, controller)
+        return executor(x, timesteps, context, y, control, to, *args, **kwargs)
+
+    patched.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, key, diffusion_model_wrapper)
+    return patched
+
+
+def direct_transformer_options(model_patcher):
+    """transformer_options for a direct ``apply_model`` call that still runs the patcher's
+    patches and wrappers (ComfyUI only merges wrappers in when *it* samples)."""
+    import copy
+
+    to = copy.copy(model_patcher.model_options.get("transformer_options", {}))
+    wrappers = {}
+    for wtype, by_key in model_patcher.wrappers.items():
+        wrappers[wtype] = {k: list(v) for k, v in by_key.items()}
+    for wtype, by_key in to.get("wrappers", {}).items():
+        merged = wrappers.setdefault(wtype, {})
+        for k, v in by_key.items():
+            merged[k] = merged.get(k, []) + [w for w in v if w not in merged.get(k, [])]
+    to["wrappers"] = wrappers
+    return to

@@ -1,0 +1,1 @@
+"""Masks: SAM loading and box/point decoding, box masks, and the token broadcaster."""
