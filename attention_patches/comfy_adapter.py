@@ -15,7 +15,9 @@ import uuid
 
 from .controller import AttentionCall
 
-ATTN2_PATH = re.compile(r"^(input_blocks|output_blocks|middle_block)\.(\d+)\.\d+\.transformer_blocks\.(\d+)\.attn2$")
+# input_blocks.<id>.<pos>.transformer_blocks.<i>.attn2 and middle_block.<pos>.transformer_blocks.<i>.attn2
+ATTN2_PATH = re.compile(r"^(input_blocks|output_blocks)\.(\d+)\.\d+\.transformer_blocks\.(\d+)\.attn2$"
+                        r"|^(middle_block)\.\d+\.transformer_blocks\.(\d+)\.attn2$")
 _BLOCK_NAMES = {"input_blocks": "input", "output_blocks": "output", "middle_block": "middle"}
 WRAPPER_PREFIX = "contextedit_attention"
 
@@ -27,10 +29,10 @@ def attn2_layers(diffusion_model):
         m = ATTN2_PATH.match(name)
         if m is None:
             continue
-        group, block_id, index = m.group(1), int(m.group(2)), int(m.group(3))
-        if group == "middle_block":
-            # middle_block.<i> is a position inside the middle block, ComfyUI calls it ("middle", 0)
-            block_id = 0
+        if m.group(1):
+            group, block_id, index = m.group(1), int(m.group(2)), int(m.group(3))
+        else:  # ComfyUI calls the whole middle block ("middle", 0)
+            group, block_id, index = m.group(4), 0, int(m.group(5))
         layers[(_BLOCK_NAMES[group], block_id, index)] = module
     return layers
 

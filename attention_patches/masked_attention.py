@@ -88,7 +88,10 @@ class MaskModulation(AttentionController):
         self.strength = float(strength)
         self.selector = selector
         self._mask_cache = {}
-        self.calls_modified = 0  # how many layer calls were modulated (diagnostics, tests)
+        # diagnostics (tests, the Attention Map node): what was actually modulated
+        self.calls_modified = 0
+        self.places_modified = set()
+        self.branches_modified = set()
 
     # -- geometry -----------------------------------------------------------------------------
     def _pixel_masks(self, h: int, w: int, device) -> torch.Tensor:
@@ -122,17 +125,17 @@ class MaskModulation(AttentionController):
         chunks = list(chunk_branches(call))
         if self.branches != TEXT_BRANCH:
             wanted = set(self.branches)
-            return [sl for b, sl in chunks if b in wanted]
+            return [(b, sl) for b, sl in chunks if b in wanted]
         kp, _ = call.project_context(self.prompt_context.to(call.k.device, call.k.dtype))
         kp = kp[0].float()
         out = []
-        for _, sl in chunks:
+        for branch, sl in chunks:
             kc = call.k[sl][0].float()
             if kc.shape[0] % kp.shape[0] != 0:
                 continue
             ref = kp.repeat(kc.shape[0] // kp.shape[0], 1)
             if (kc - ref).norm() <= 1e-2 * ref.norm() + 1e-6:
-                out.append(sl)
+                out.append((branch, sl))
         return out
 
     # -- the math -------------------------------------------------------------------------------
@@ -179,7 +182,7 @@ class MaskModulation(AttentionController):
             return probs
         k0, _ = self._empty_kv(call)
         masks_flat = self._pixel_masks(call.height, call.width, call.q.device)
-        for sl in chunks:
+        for _, sl in chunks:
             b = call.q[sl].shape[0]
             m, p_t, _ = self._distributions(call.q[sl], call.k[sl], k0.expand(b, -1, -1), call.heads, masks_flat)
             mod = m * p_t
@@ -194,12 +197,14 @@ class MaskModulation(AttentionController):
         out = out.clone()
         k0, v0 = self._empty_kv(call)
         masks_flat = self._pixel_masks(call.height, call.width, call.q.device)
-        for sl in chunks:
+        for branch, sl in chunks:
             b = call.q[sl].shape[0]
             mod = self.modulate(call.q[sl], call.k[sl], call.v[sl], k0.expand(b, -1, -1), v0.expand(b, -1, -1),
                                 call.heads, masks_flat)
             if self.strength != 1.0:
                 mod = out[sl] + self.strength * (mod - out[sl])
             out[sl] = mod
+            self.branches_modified.add(branch)
         self.calls_modified += 1
+        self.places_modified.add(call.place)
         return out

@@ -1,0 +1,211 @@
+"""ContextEdit Attention Mask / Attention Map nodes (ComfyUI V3 schema).
+
+The node converts ComfyUI types and calls the engine (mask_patch.py, heatmap.py,
+attention_patches/); the input MODEL is cloned, never changed.
+"""
+
+import torch
+from comfy_api.latest import io
+
+from ...attention_patches import LayerSelector, ModulationMode
+from ...attention_patches.capture import AttentionCapture
+from ...attention_patches.comfy_adapter import attn2_layers, direct_transformer_options, install_controller
+from ..errors import InputError
+from ..masks.token_broadcaster import locate_phrases
+from . import heatmap
+from .mask_patch import (BRANCH_CHOICES, ROUTINGS, build_mask_modulation, instructions_from, parse_downscales,
+                         split_prompt)
+
+EditPlan = io.Custom("EDIT_PLAN")
+CATEGORY = "ContextEdit/attention"
+
+
+def _tokenize_fn(clip):
+    return lambda text: clip.tokenize(text, return_word_ids=True)
+
+
+def _encode_fn(clip):
+    def encode(text):
+        cond = clip.encode_from_tokens_scheduled(clip.tokenize(text), show_pbar=False)
+        return cond[0][0]
+    return encode
+
+
+def _check_model(model, context_dim=None):
+    if model is None or not hasattr(model, "get_model_object"):
+        raise InputError("model", "is not a MODEL.", "Connect a model from a checkpoint loader.")
+    try:
+        layers = attn2_layers(model.get_model_object("diffusion_model"))
+    except Exception:
+        layers = {}
+    if not layers:
+        raise InputError("model", "has no UNet cross-attention layers (SD1.x / SDXL / InstructPix2Pix expected).",
+                         "Use a Stable Diffusion 1.x or SDXL family checkpoint.")
+    if context_dim is not None:
+        module = next(iter(layers.values()))
+        expected = module.to_k.weight.shape[1]
+        if expected != context_dim:
+            raise InputError("clip", f"produces {context_dim}-wide text features but the model expects {expected}.",
+                             "Use the CLIP output of the same checkpoint loader as the model.")
+    return layers
+
+
+def _sigma_window(model, start_percent, end_percent):
+    if not 0.0 <= start_percent <= end_percent <= 1.0:
+        raise InputError("start_percent", f"{start_percent}..{end_percent} is not a valid range.",
+                         "Use 0 <= start_percent <= end_percent <= 1.")
+    ms = model.get_model_object("model_sampling")
+    return float(ms.percent_to_sigma(start_percent)), float(ms.percent_to_sigma(end_percent))
+
+
+class AttentionMask(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContextEditAttentionMask",
+            display_name="ContextEdit Attention Mask",
+            category=CATEGORY,
+            description=(
+                "CAMILA cross-attention mask modulation: in the chosen UNet layers the prompt only acts inside "
+                "the masks; everywhere else the model attends to the empty prompt (image-only conditioning), so "
+                "unmasked regions stay as they are. With several instructions, pixels inside mask k see only "
+                "instruction k's tokens (FoI). Works with KSampler, cfg 1 and InstructPix2Pix DualCFGGuider."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The SD1.x / SDXL / InstructPix2Pix model to patch (it is cloned, never changed)."),
+                io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint: used to find each instruction's tokens and to encode the empty prompt."),
+                io.Mask.Input("masks", tooltip="One mask per instruction [N,H,W], in instruction order (white = edit here). A single mask confines the whole prompt."),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="Edit instructions, one per line (or separated by ';'). Leave empty when a plan is connected. Encode the same text for sampling (or use this node's conditioning output)."),
+                io.Combo.Input("mode", options=[m.value for m in ModulationMode], default=ModulationMode.LOGITS.value,
+                               tooltip="logits: CAMILA's softmax((X*M + Y*(1-M))/sqrt(d)); output: M*Attn(text) + (1-M)*Attn(empty). Identical for hard masks; they differ on soft mask edges."),
+                io.Combo.Input("routing", options=list(ROUTINGS), default=ROUTINGS[0],
+                               tooltip="per instruction: pixels in mask k attend only to start/end tokens and instruction k's words; whole prompt: every masked pixel sees the whole prompt."),
+                io.String.Input("resolutions", default="32",
+                                tooltip="Which layers to patch, as image downscale factors: 32 = the 16x16 layers at 512 px (CAMILA's choice); '16,32' adds the 32x32 layers. Chosen by resolution, so SDXL works too."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Sampling progress at which the patch starts acting (0 = first step)."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Sampling progress after which the patch stops acting (1 = last step)."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="1 = full modulation, 0 = no effect; in between blends the patched and unpatched attention outputs."),
+                io.Combo.Input("apply_to", options=list(BRANCH_CHOICES), default=list(BRANCH_CHOICES)[0],
+                               tooltip="Which conditioning branch is the text branch. auto = the branch whose conditioning is this prompt's encoding (works with KSampler and DualCFGGuider)."),
+                EditPlan.Input("plan", optional=True,
+                               tooltip="Optional EDIT_PLAN: its instructions (non-executable ones dropped, with their masks) replace the prompt text."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="A patched clone of the input model."),
+                io.Conditioning.Output(display_name="positive",
+                                       tooltip="The prompt this patch expects, encoded with the given CLIP: use it as the positive conditioning."),
+                io.String.Output(display_name="prompt", tooltip="The prompt text that was encoded (instructions joined)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, masks, prompt, mode, routing, resolutions, start_percent, end_percent, strength,
+                apply_to, plan=None) -> io.NodeOutput:
+        if clip is None or not hasattr(clip, "tokenize"):
+            raise InputError("clip", "is not a CLIP.", "Connect the CLIP output of your checkpoint loader.")
+        if plan is not None and not hasattr(plan, "items"):
+            raise InputError("plan", f"is a {type(plan).__name__}, not an EDIT_PLAN.", "Connect a ContextEdit plan output.")
+        if isinstance(plan, (list, tuple)):
+            if len(plan) != 1:
+                raise InputError("plan", f"holds {len(plan)} plans (one per image).",
+                                 "Patch one image's plan at a time (batch size 1 for the plan).")
+            plan = plan[0]
+        _check_model(model)
+        downscales = parse_downscales(resolutions)
+        spec = instructions_from(prompt, plan, masks)
+        encode = _encode_fn(clip)
+        sigma_max, sigma_min = _sigma_window(model, start_percent, end_percent)
+        controller = build_mask_modulation(
+            _tokenize_fn(clip), encode, spec, mode=mode, routing=routing, downscales=downscales,
+            sigma_max=sigma_max, sigma_min=sigma_min, strength=strength, branch=apply_to,
+        )
+        _check_model(model, controller.prompt_context.shape[-1])
+        patched = install_controller(model, controller)
+        positive = clip.encode_from_tokens_scheduled(clip.tokenize(spec.prompt), show_pbar=False)
+        return io.NodeOutput(patched, positive, spec.prompt)
+
+
+class AttentionMap(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContextEditAttentionMap",
+            display_name="ContextEdit Attention Map",
+            category=CATEGORY,
+            description=(
+                "Runs one denoising call and renders how much cross-attention the chosen words receive in the "
+                "chosen layers as a heat-map. Give it a model patched by ContextEdit Attention Mask to see the "
+                "patch's effect (attention outside the masks drops to zero)."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="Model to probe; patched models show the patched attention."),
+                io.Clip.Input("clip", tooltip="CLIP used to find the words' tokens in the prompt."),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="The text the conditioning was encoded from (needed to locate the words)."),
+                io.String.Input("words", default="",
+                                tooltip="Words or phrases of the prompt to show, separated by ','. Empty = the whole prompt."),
+                io.Latent.Input("latent", tooltip="Latent of the image (e.g. VAE Encode or InstructPix2Pix latent)."),
+                io.Float.Input("sigma", default=7.0, min=0.01, max=200.0, step=0.01,
+                               tooltip="Noise level of the probe call (larger = earlier in sampling; SD1 spans ~0.03..14.6)."),
+                io.String.Input("resolutions", default="32",
+                                tooltip="Layers to average, as image downscale factors (32 = 16x16 layers at 512 px)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the probe noise."),
+                io.Boolean.Input("normalize", default=True,
+                                 tooltip="Stretch each map to its maximum; off shows the absolute attention share (0..1)."),
+                io.Conditioning.Input("conditioning", optional=True,
+                                      tooltip="Conditioning to run with (needed for InstructPix2Pix: its image latent rides in it). Default: the prompt encoded with the CLIP."),
+                io.Image.Input("image", optional=True, tooltip="Optional image to overlay the heat-map on."),
+            ],
+            outputs=[io.Image.Output(display_name="heatmap", tooltip="Attention heat-map, one per latent in the batch.")],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, prompt, words, latent, sigma, resolutions, seed, normalize, conditioning=None,
+                image=None) -> io.NodeOutput:
+        import comfy.model_management as mm
+        import comfy.sampler_helpers
+        import comfy.samplers
+
+        _check_model(model)
+        if not prompt or not prompt.strip():
+            raise InputError("prompt", "is empty.", "Give the text the conditioning was encoded from.")
+        if not isinstance(latent, dict) or "samples" not in latent:
+            raise InputError("latent", "is not a LATENT.", "Connect a LATENT (e.g. from VAE Encode).")
+        phrases = [w.strip() for w in words.split(",") if w.strip()] or [" ".join(split_prompt(prompt))]
+        positions, lay = locate_phrases(_tokenize_fn(clip), prompt, phrases, input_name="words")
+        capture = AttentionCapture([p for ps in positions for p in ps], LayerSelector(parse_downscales(resolutions)),
+                                   prompt_length=lay.length)
+        if conditioning is None:
+            conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(prompt), show_pbar=False)
+
+        probe = install_controller(model, capture)
+        mm.load_models_gpu([probe])
+        device = probe.load_device
+        base = probe.model
+        samples = latent["samples"].clone().float()
+        gen = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn(samples.shape, generator=gen)
+        x = (base.process_latent_in(samples) + sigma * noise).to(device)
+        conds = comfy.sampler_helpers.convert_cond(conditioning)[:1]
+        conds = comfy.samplers.encode_model_conds(base.extra_conds, conds, x, device, "positive",
+                                                  latent_image=samples.to(device), seed=int(seed))
+        kwargs = {k: v.process_cond(batch_size=x.shape[0], area=None).cond for k, v in conds[0]["model_conds"].items()}
+        sigmas = torch.full((x.shape[0],), float(sigma), device=device)
+        to = direct_transformer_options(probe)
+        to["cond_or_uncond"] = [0]
+        to["sigmas"] = sigmas
+        with torch.no_grad():
+            base.apply_model(x, sigmas, transformer_options=to, **kwargs)
+        if not capture.maps:
+            raise InputError("resolutions", f"'{resolutions}' selects no cross-attention layer at this latent size.",
+                             "Try 16 or 32.")
+        h, w = samples.shape[-2] * 8, samples.shape[-1] * 8
+        return io.NodeOutput(heatmap.render(capture.maps, h, w, branch=0, normalize=normalize, background=image))
+
+
+NODES = [AttentionMask, AttentionMap]

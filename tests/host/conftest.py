@@ -1,0 +1,87 @@
+"""Host tests: a real ComfyUI (COMFYUI_PATH) with this pack in custom_nodes.
+
+Every test here is marked ``host`` and skipped, with one summary line, when COMFYUI_PATH does
+not point at a ComfyUI checkout. Expensive things are session-scoped: the tiny checkpoints are
+generated once into the ``generated_dir`` cache, and one server (with the pack) serves the run.
+"""
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from host.server import ComfyServer
+from host.tiny_checkpoints import IP2P_NAME, SD15_NAME, ensure_tiny_checkpoints
+
+SKIP_REASON = "host tests skipped: set COMFYUI_PATH to a ComfyUI 0.8.0 checkout to run them"
+HOST_DIR = Path(__file__).resolve().parent
+
+
+def comfyui_path():
+    """tests/conftest.py's comfyui_path(); pytest (importlib mode) registers it as tests.conftest."""
+    for name in ("tests.conftest", "conftest"):
+        module = sys.modules.get(name)
+        if module is not None and Path(module.__file__).resolve() == HOST_DIR.parent / "conftest.py":
+            return module.comfyui_path()
+    raise RuntimeError("tests/conftest.py was not loaded before tests/host/conftest.py")
+
+
+def _is_host_item(item):
+    return HOST_DIR in Path(str(item.fspath)).resolve().parents
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _is_host_item(item):
+            item.add_marker(pytest.mark.host)
+
+
+def pytest_runtest_setup(item):
+    # Skipping here (not in a fixture, not with a marker) gives every host test the same skip
+    # location, so `-ra` folds them into a single summary line.
+    if _is_host_item(item) and comfyui_path() is None:
+        pytest.skip(SKIP_REASON)
+
+
+@pytest.fixture(scope="session")
+def comfyui_root():
+    root = comfyui_path()
+    if root is None:
+        pytest.skip(SKIP_REASON)
+    return Path(root)
+
+
+@dataclass(frozen=True)
+class TinyCheckpoints:
+    folder: Path
+    sd15: Path   # detected as SD15
+    ip2p: Path   # detected as SD15_instructpix2pix (8 input channels)
+
+    @property
+    def sd15_name(self):
+        return self.sd15.name
+
+    @property
+    def ip2p_name(self):
+        return self.ip2p.name
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(comfyui_root, generated_dir):
+    paths = ensure_tiny_checkpoints(Path(generated_dir) / "checkpoints", comfyui_root)
+    return TinyCheckpoints(folder=Path(generated_dir) / "checkpoints",
+                           sd15=paths[SD15_NAME], ip2p=paths[IP2P_NAME])
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfyui_root, tiny_checkpoints, tmp_path_factory):
+    """One ComfyUI with the pack linked into custom_nodes, for the whole session."""
+    server = ComfyServer(comfyui_root, tmp_path_factory.mktemp("comfy_server"),
+                         checkpoints_dir=tiny_checkpoints.folder, name="comfy_with_pack")
+    server.start()
+    # a snapshot taken before any test uploads or saves files (node lists can depend on them)
+    server.initial_object_info = server.object_info()
+    try:
+        yield server
+    finally:
+        server.stop()
