@@ -36,3 +36,18 @@ class ModelNotFoundError(ContextEditError, FileNotFoundError):
             f"Put it in one of those folders (or add a '{kind}:' entry to extra_model_paths.yaml) "
             f"and refresh the node list."
         )
+
+
+class PlanParseError(ContextEditError, ValueError):
+    """An edit plan (JSON text, or a vision-language model's reply) could not be read.
+
+    ``field`` names the offending field as a path such as ``items[2].boxes[0]`` when one field is
+    to blame, and is ``None`` when the text as a whole is unreadable.
+    """
+
+    def __init__(self, problem: str, field=None, fix: str = ""):
+        self.problem = problem
+        self.field = field
+        self.fix = fix
+        where = f"field '{field}': " if field else ""
+        super().__init__(f"Edit plan {where}{problem} {fix}".strip())
