@@ -21,6 +21,7 @@ to the union; a pixel in no mask takes the image-only path.
 """
 
 import enum
+import logging
 from typing import Optional, Sequence
 
 import torch
@@ -92,6 +93,8 @@ class MaskModulation(AttentionController):
         self.calls_modified = 0
         self.places_modified = set()
         self.branches_modified = set()
+        self._calls_seen = 0
+        self._warned = False
 
     # -- geometry -----------------------------------------------------------------------------
     def _pixel_masks(self, h: int, w: int, device) -> torch.Tensor:
@@ -136,6 +139,12 @@ class MaskModulation(AttentionController):
             ref = kp.repeat(kc.shape[0] // kp.shape[0], 1)
             if (kc - ref).norm() <= 1e-2 * ref.norm() + 1e-6:
                 out.append((branch, sl))
+        self._calls_seen += 1
+        if not out and not self.branches_modified and self._calls_seen >= 8 and not self._warned:
+            self._warned = True
+            logging.warning("ContextEdit Attention Mask: no conditioning branch matches the node's prompt, so the "
+                            "patch has no effect. Use the node's 'positive' output (or encode exactly the same text "
+                            "with the same CLIP), or set apply_to explicitly.")
         return out
 
     # -- the math -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 from ...attention_patches import LayerSelector, MaskModulation, ModulationMode
 from ...attention_patches.masked_attention import TEXT_BRANCH
 from ..errors import InputError
+from ..executability.instructions import split_instructions
 from ..masks.token_broadcaster import locate_phrases
 
 ROUTING_MULTI = "per instruction (FoI)"
@@ -28,13 +29,8 @@ DOWNSCALE_CHOICES = (8, 16, 32, 64)
 
 
 def split_prompt(prompt: str) -> List[str]:
-    """Instructions of a prompt written one per line (or separated by ';')."""
-    parts = []
-    for line in prompt.replace(";", "\n").splitlines():
-        line = line.strip().rstrip(",.").strip()
-        if line:
-            parts.append(line)
-    return parts
+    """Instructions of a prompt (one per line, ';', numbered lists...): the pack's one splitter."""
+    return split_instructions(prompt)
 
 
 def join_instructions(instructions: List[str]) -> str:
@@ -83,15 +79,16 @@ def instructions_from(prompt: str, plan, masks: torch.Tensor) -> PromptSpec:
         return PromptSpec(text, instructions, masks[keep])
     if not prompt or not prompt.strip():
         raise InputError("prompt", "is empty.", "Write the edit instruction(s), one per line, or connect an EDIT_PLAN.")
-    instructions = split_prompt(prompt)
+    # the prompt is kept verbatim, so a CLIPTextEncode of the same text matches the patch
+    text = prompt.strip()
+    instructions = split_prompt(text)
     if masks.shape[0] == 1 and len(instructions) > 1:
-        whole = join_instructions(instructions)  # one mask: one region for the whole prompt
-        return PromptSpec(whole, [whole], masks)
+        return PromptSpec(text, [text], masks)  # one mask: one region for the whole prompt
     if masks.shape[0] != len(instructions):
         raise InputError("masks", f"has {masks.shape[0]} masks but the prompt has {len(instructions)} instructions "
                          f"({instructions}).",
                          "Write one instruction per line and give one mask per instruction, in the same order.")
-    return PromptSpec(join_instructions(instructions), instructions, masks)
+    return PromptSpec(text, instructions, masks)
 
 
 def build_mask_modulation(

@@ -262,3 +262,24 @@ def test_phrase_not_in_prompt_and_non_sd_model(sd15, node):
     with pytest.raises(errors.InputError) as e:
         patch(node, NotSD(), clip, masks_lr(64, 64))
     assert e.value.input_name == "model"
+
+
+def test_token_broadcaster_with_comfyui_tokenizer(sd15, node):
+    """Real SD1 tokenizer: weights syntax, a prompt longer than one 77-token chunk."""
+    broadcaster = __import__("contextedit.nodes.masks.token_broadcaster", fromlist=["x"])
+    _, clip, _ = sd15
+    tokenize = node._tokenize_fn(clip)
+    filler = ", ".join(["a beautiful old wooden house"] * 15)  # > 75 tokens
+    prompt = f"{filler}, make the (red hat:1.3) bigger\nturn the dog into a cat"
+    phrases = ["make the red hat bigger", "turn the dog into a cat"]
+    positions, lay = broadcaster.locate_phrases(tokenize, prompt, phrases)
+    assert lay.length % 77 == 0 and lay.length >= 154
+    flat = [t for chunk in tokenize(prompt)["l"] for t in chunk]
+    for phrase, pos in zip(phrases, positions):
+        want = broadcaster.content_tokens(tokenize(phrase))
+        assert [int(flat[p][0]) for p in pos] == want
+        assert all(p not in lay.special for p in pos)
+    assert positions[1][0] > 77  # the second instruction lives in the second chunk
+    # the encoder concatenates chunks along the token axis, so positions index the conditioning
+    cond = node._encode_fn(clip)(prompt)
+    assert cond.shape[1] == lay.length
