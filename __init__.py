@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 # (module path relative to this package, class names) of every node the pack registers.
 # Adding a node means adding it here; tests check this list against the files on disk.
 NODE_MODULES = (
+    (".nodes.executability.node", ("LoadVLM", "CheckInstructions", "ManualPlan")),
+    (".nodes.masks.node", ("LoadSAM", "DecodeMasks")),
     (".nodes.attention.node", ("AttentionMask", "AttentionMap")),
 )
 

@@ -11,6 +11,7 @@ from ...attention_patches import LayerSelector, ModulationMode
 from ...attention_patches.capture import AttentionCapture
 from ...attention_patches.comfy_adapter import attn2_layers, direct_transformer_options, install_controller
 from ..errors import InputError
+from ..executability.plan import as_plan_list
 from ..masks.token_broadcaster import locate_phrases
 from . import heatmap
 from .mask_patch import (BRANCH_CHOICES, ROUTINGS, build_mask_modulation, instructions_from, parse_downscales,
@@ -107,13 +108,12 @@ class AttentionMask(io.ComfyNode):
                 apply_to, plan=None) -> io.NodeOutput:
         if clip is None or not hasattr(clip, "tokenize"):
             raise InputError("clip", "is not a CLIP.", "Connect the CLIP output of your checkpoint loader.")
-        if plan is not None and not hasattr(plan, "items"):
-            raise InputError("plan", f"is a {type(plan).__name__}, not an EDIT_PLAN.", "Connect a ContextEdit plan output.")
-        if isinstance(plan, (list, tuple)):
-            if len(plan) != 1:
-                raise InputError("plan", f"holds {len(plan)} plans (one per image).",
-                                 "Patch one image's plan at a time (batch size 1 for the plan).")
-            plan = plan[0]
+        if plan is not None:
+            plans = as_plan_list(plan, "plan")
+            if len(plans) != 1:
+                raise InputError("plan", f"holds {len(plans)} plans (one per image).",
+                                 "Patch with one image's plan (edit a batch image by image).")
+            plan = plans[0]
         _check_model(model)
         downscales = parse_downscales(resolutions)
         spec = instructions_from(prompt, plan, masks)

@@ -2,10 +2,13 @@
 converts (with comfy-cli's own converter) to exactly its API twin."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from fixtures.tiny_models import make_tiny_qwen2_vl, make_tiny_sam_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 API_FILES = sorted((REPO / "workflows" / "api").glob("*.json"))
@@ -17,11 +20,29 @@ def test_every_ui_workflow_has_an_api_twin_and_back():
     assert {p.name for p in UI_FILES} == {p.name for p in API_FILES}
 
 
+TINY_VLM, TINY_SAM = "tiny-qwen2.5-vl", "sam_tiny.pth"
+
+
+@pytest.fixture(scope="module")
+def tiny_foreign_models(comfy_server, generated_dir):
+    """The tiny VLM in the server's models/LLM and the tiny SAM in its models/sams."""
+    llm = Path(comfy_server.model_dirs["LLM"]) / TINY_VLM
+    if not llm.exists():
+        shutil.copytree(make_tiny_qwen2_vl(generated_dir, family="qwen2_5_vl"), llm)
+    shutil.copy(make_tiny_sam_checkpoint(generated_dir), Path(comfy_server.model_dirs["sams"]) / TINY_SAM)
+
+
 def adapt_for_tiny_models(graph, tiny_checkpoints, image_name, steps=2):
-    """Point the graph at the generated checkpoints and the uploaded image; fewer steps."""
+    """Point the graph at the generated models and the uploaded image; fewer steps and tokens."""
     graph = json.loads(json.dumps(graph))
     for node in graph.values():
         inputs = node["inputs"]
+        if node["class_type"] == "ContextEditLoadVLM":
+            inputs["model_name"] = TINY_VLM
+        elif node["class_type"] == "ContextEditLoadSAM":
+            inputs["sam_name"] = TINY_SAM
+        elif "max_new_tokens" in inputs:
+            inputs["max_new_tokens"] = 32
         if node["class_type"] == "CheckpointLoaderSimple":
             name = inputs["ckpt_name"].lower()
             inputs["ckpt_name"] = tiny_checkpoints.ip2p_name if "pix2pix" in name else tiny_checkpoints.sd15_name
@@ -33,15 +54,18 @@ def adapt_for_tiny_models(graph, tiny_checkpoints, image_name, steps=2):
 
 
 @pytest.mark.parametrize("path", API_FILES, ids=[p.stem for p in API_FILES])
-def test_api_workflow_runs_headless(comfy_server, tiny_checkpoints, path):
+def test_api_workflow_runs_headless(comfy_server, tiny_checkpoints, tiny_foreign_models, path):
     image = Image.new("RGB", (128, 96), (120, 160, 200))
     name = comfy_server.upload_image(image, name=f"wf_{path.stem}.png")
     graph = adapt_for_tiny_models(json.loads(path.read_text()), tiny_checkpoints, name)
     entry = comfy_server.run(graph, timeout=600)
     refs = comfy_server.output_images(entry)
     assert refs, f"{path.name} produced no image"
-    img = comfy_server.get_image(**refs[0])
-    assert img.size == (128, 96)
+    for ref in refs:
+        assert comfy_server.get_image(**ref).size == (128, 96)
+    texts = [t for o in entry["outputs"].values() for t in o.get("text", [])]
+    if "ContextEditCheckInstructions" in {n["class_type"] for n in graph.values()}:
+        assert any("[NEG]" in t or "[MASK]" in t for t in texts), texts
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])

@@ -1,0 +1,91 @@
+"""ContextEdit Load SAM / Decode Masks nodes (ComfyUI V3 schema)."""
+
+from comfy_api.latest import io
+
+from ..errors import InputError
+from ..managed import ModuleHolder
+from ..executability.plan import as_plan_list
+from ..model_folders import list_models, resolve_model
+from .decode import decode_batch
+from .sam import load_sam
+
+EditPlan = io.Custom("EDIT_PLAN")
+SamType = io.Custom("CONTEXTEDIT_SAM")
+CATEGORY = "ContextEdit/masks"
+
+
+class ManagedSAM:
+    """What flows along a CONTEXTEDIT_SAM link: the decoder and its ModelPatcher."""
+
+    def __init__(self, decoder, patcher):
+        self.decoder = decoder
+        self.patcher = patcher
+
+
+class LoadSAM(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContextEditLoadSAM",
+            display_name="ContextEdit Load SAM",
+            category=CATEGORY,
+            description="Loads a segment-anything checkpoint from models/sams (vit_b / vit_l / vit_h recognised from "
+                        "the weights; safe loading, no download).",
+            inputs=[io.Combo.Input("sam_name", options=list_models("sams"),
+                                   tooltip="e.g. sam_vit_b_01ec64.pth in models/sams.")],
+            outputs=[SamType.Output(display_name="sam", tooltip="The SAM model, for ContextEdit Decode Masks.")],
+        )
+
+    @classmethod
+    def execute(cls, sam_name) -> io.NodeOutput:
+        import comfy.model_management as mm
+        import comfy.model_patcher
+
+        path = resolve_model("sams", sam_name)
+        load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
+        decoder = load_sam(path, device=offload_device, input_name="sam_name")
+        patcher = comfy.model_patcher.ModelPatcher(ModuleHolder(decoder.model), load_device=load_device,
+                                                   offload_device=offload_device)
+        return io.NodeOutput(ManagedSAM(decoder, patcher))
+
+
+class DecodeMasks(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContextEditDecodeMasks",
+            display_name="ContextEdit Decode Masks",
+            category=CATEGORY,
+            description="Turns an EDIT_PLAN's boxes into masks, one per instruction in instruction order: SAM masks "
+                        "when a SAM model is connected, box masks otherwise. [NEG] instructions give all-black masks.",
+            inputs=[
+                io.Image.Input("image", tooltip="The image(s) the plan was made for."),
+                EditPlan.Input("plan", tooltip="From Check Instructions or Manual Plan."),
+                io.Int.Input("dilate", default=0, min=-256, max=256,
+                             tooltip="Grow (or, negative, shrink) each mask by this many pixels."),
+                io.Int.Input("feather", default=0, min=0, max=256, tooltip="Soften mask edges over this many pixels."),
+                SamType.Input("sam", optional=True, tooltip="Optional SAM from ContextEdit Load SAM; without it, box masks."),
+            ],
+            outputs=[
+                io.Mask.Output(display_name="masks", tooltip="[N,H,W] one mask per instruction (per image, image-major for batches)."),
+                io.Mask.Output(display_name="union", tooltip="[B,H,W] union of each image's masks."),
+                io.Image.Output(display_name="preview", tooltip="The image with each instruction's mask tinted in its colour."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image, plan, dilate, feather, sam=None) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        plans = as_plan_list(plan, "plan")
+        decoder = None
+        if sam is not None:
+            if not isinstance(sam, ManagedSAM):
+                raise InputError("sam", f"is a {type(sam).__name__}, not a loaded SAM.", "Connect ContextEdit Load SAM.")
+            mm.load_models_gpu([sam.patcher])
+            decoder = sam.decoder
+        masks, union, preview = decode_batch(image, plans, sam=decoder, dilate_px=dilate, feather_px=feather)
+        return io.NodeOutput(masks, union, preview)
+
+
+NODES = [LoadSAM, DecodeMasks]
