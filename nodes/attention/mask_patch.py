@@ -72,8 +72,8 @@ def instructions_from(prompt: str, plan, masks: torch.Tensor) -> PromptSpec:
                              "Give one mask per plan instruction, in the plan's order (ContextEdit Decode Masks does).")
         keep = [i for i, it in enumerate(items) if it.executable]
         if not keep:
-            raise InputError("plan", "has no executable instruction; nothing would be edited.",
-                             "Check the report of ContextEdit Check Instructions, or bypass this node.")
+            # nothing may be edited: an empty prompt everywhere (the image-only path)
+            return PromptSpec("", [], masks[:0])
         instructions = [items[i].instruction.strip() for i in keep]
         text = prompt.strip() if prompt and prompt.strip() else join_instructions(instructions)
         return PromptSpec(text, instructions, masks[keep])

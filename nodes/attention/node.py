@@ -4,6 +4,8 @@ The node converts ComfyUI types and calls the engine (mask_patch.py, heatmap.py,
 attention_patches/); the input MODEL is cloned, never changed.
 """
 
+import logging
+
 import torch
 from comfy_api.latest import io
 
@@ -117,6 +119,11 @@ class AttentionMask(io.ComfyNode):
         _check_model(model)
         downscales = parse_downscales(resolutions)
         spec = instructions_from(prompt, plan, masks)
+        if not spec.instructions:
+            logging.warning("ContextEdit Attention Mask: the plan has no executable instruction; the model is left "
+                            "unpatched and the prompt is empty, so nothing is edited.")
+            empty = clip.encode_from_tokens_scheduled(clip.tokenize(""), show_pbar=False)
+            return io.NodeOutput(model.clone(), empty, "")
         encode = _encode_fn(clip)
         sigma_max, sigma_min = _sigma_window(model, start_percent, end_percent)
         controller = build_mask_modulation(

@@ -43,6 +43,9 @@ def adapt_for_tiny_models(graph, tiny_checkpoints, image_name, steps=2):
             inputs["sam_name"] = TINY_SAM
         elif "max_new_tokens" in inputs:
             inputs["max_new_tokens"] = 32
+        elif node["class_type"] == "ContextEditManualPlan" and inputs.get("boxes"):
+            count = len(json.loads(inputs["boxes"]))  # the shipped boxes are for a 512 px image
+            inputs["boxes"] = json.dumps([[8 * i, 8 * i, 60 + 8 * i, 50 + 8 * i] for i in range(count)])
         if node["class_type"] == "CheckpointLoaderSimple":
             name = inputs["ckpt_name"].lower()
             inputs["ckpt_name"] = tiny_checkpoints.ip2p_name if "pix2pix" in name else tiny_checkpoints.sd15_name
@@ -79,3 +82,65 @@ def test_ui_workflow_converts_to_its_api_twin(comfy_server, path):
     for node_id, node in api.items():
         assert converted[node_id]["class_type"] == node["class_type"], node_id
         assert converted[node_id]["inputs"] == node["inputs"], node_id
+
+
+# ----------------------------------------------------------------------------- the flagship graph
+
+SHIPPED = {"ckpt": "instruct-pix2pix-00-22000.safetensors", "vlm": "Qwen2.5-VL-3B-Instruct",
+           "sam": "sam_vit_b_01ec64.pth", "image": "example.png"}
+
+
+@pytest.fixture(scope="module")
+def shipped_names(comfy_server, tiny_checkpoints, generated_dir):
+    """The tiny models under the names the shipped workflows use, so the files run unmodified."""
+    ckpt = Path(tiny_checkpoints.folder) / SHIPPED["ckpt"]
+    if not ckpt.exists():
+        ckpt.symlink_to(tiny_checkpoints.ip2p)
+    llm = Path(comfy_server.model_dirs["LLM"]) / SHIPPED["vlm"]
+    if not llm.exists():
+        shutil.copytree(make_tiny_qwen2_vl(generated_dir, family="qwen2_5_vl"), llm)
+    shutil.copy(make_tiny_sam_checkpoint(generated_dir), Path(comfy_server.model_dirs["sams"]) / SHIPPED["sam"])
+    comfy_server.upload_image(Image.new("RGB", (128, 96), (70, 120, 180)), name=SHIPPED["image"])
+    return SHIPPED
+
+
+def test_flagship_ui_workflow_through_comfy_run(comfy_server, shipped_names):
+    """`comfy run --workflow` on the UI-format file (comfy-cli converts it with /object_info)."""
+    import subprocess
+    import sys
+    from urllib.parse import urlparse
+
+    url = urlparse(comfy_server.url)
+    before = set(Path(comfy_server.output_dir).glob("contextedit_context_aware*.png"))
+    cmd = [sys.executable, "-m", "comfy_cli", "--skip-prompt", "run", "--workflow",
+           str(REPO / "workflows" / "context_aware_edit.json"), "--wait", "--host", url.hostname,
+           "--port", str(url.port), "--timeout", "600"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{comfy_server.log_tail()}"
+    new = set(Path(comfy_server.output_dir).glob("contextedit_context_aware*.png")) - before
+    assert len(new) == 1
+    assert Image.open(next(iter(new))).size == (128, 96)
+
+
+def test_forced_non_executable_equals_never_written(comfy_server, shipped_names, tiny_checkpoints):
+    """Manual Plan variant: an instruction marked [NEG] changes nothing compared with leaving it out."""
+    graph = json.loads((REPO / "workflows" / "api" / "context_aware_edit_manual.json").read_text())
+    graph = adapt_for_tiny_models(graph, tiny_checkpoints, SHIPPED["image"], steps=3)
+    plan_id = next(k for k, n in graph.items() if n["class_type"] == "ContextEditManualPlan")
+    save_id = next(k for k, n in graph.items() if n["class_type"] == "SaveImage")
+
+    def run(instructions, boxes, neg, prefix):
+        g = json.loads(json.dumps(graph))
+        g[plan_id]["inputs"].update(instructions=instructions, boxes=boxes, non_executable=neg)
+        g[save_id]["inputs"]["filename_prefix"] = prefix
+        entry = comfy_server.run(g, timeout=600)
+        ref = comfy_server.output_images(entry, save_id)[0]
+        return comfy_server.get_image(**ref, as_array=True), entry
+
+    forced, entry = run("make the sky orange\nmake the car red", "[[0, 0, 128, 40], [20, 50, 100, 90]]", "2", "forced")
+    never, _ = run("make the sky orange", "[[0, 0, 128, 40]]", "", "never")
+    both, _ = run("make the sky orange\nmake the car red", "[[0, 0, 128, 40], [20, 50, 100, 90]]", "", "both")
+    assert (forced == never).all()
+    assert not (both == never).all()  # the second instruction does act when it is executable
+    report = [t for o in entry["outputs"].values() for t in o.get("text", [])]
+    assert any("[NEG] make the car red" in t for t in report), report
