@@ -11,23 +11,12 @@ controller (which isolates the cost of the modulation itself from processor diff
 """
 
 import argparse
-import importlib.util
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_pack():
-    spec = importlib.util.spec_from_file_location("contextedit", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["contextedit"] = mod
-    spec.loader.exec_module(mod)
+from _common import load_pack
 
 
 def build_unet(full, device, dtype):
