@@ -11,13 +11,20 @@ imports ``comfy``, and only lazily.
 
 from .capture import AttentionCapture, CapturedMap
 from .controller import AttentionCall, AttentionController, LayerSelector, merge_heads, scaled_scores, split_heads
+from .injection import AttentionInjection, SourceAttentionStore, SourceRecorder
 from .masked_attention import MaskModulation, ModulationMode
+from .token_ratio import CrossAttentionProbe, StopForward
 
 __all__ = [
     "AttentionCall",
     "AttentionCapture",
     "CapturedMap",
     "AttentionController",
+    "AttentionInjection",
+    "CrossAttentionProbe",
+    "SourceAttentionStore",
+    "SourceRecorder",
+    "StopForward",
     "LayerSelector",
     "MaskModulation",
     "ModulationMode",

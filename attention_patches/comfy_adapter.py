@@ -18,15 +18,26 @@ from .controller import AttentionCall
 # input_blocks.<id>.<pos>.transformer_blocks.<i>.attn2 and middle_block.<pos>.transformer_blocks.<i>.attn2
 ATTN2_PATH = re.compile(r"^(input_blocks|output_blocks)\.(\d+)\.\d+\.transformer_blocks\.(\d+)\.attn2$"
                         r"|^(middle_block)\.\d+\.transformer_blocks\.(\d+)\.attn2$")
+# the same places' self-attention (attn1)
+ATTN1_PATH = re.compile(ATTN2_PATH.pattern.replace("attn2", "attn1"))
 _BLOCK_NAMES = {"input_blocks": "input", "output_blocks": "output", "middle_block": "middle"}
 WRAPPER_PREFIX = "contextedit_attention"
 
 
 def attn2_layers(diffusion_model):
     """{(block, id, index): attn2 module} for every cross-attention layer of a ComfyUI UNet."""
+    return _layers(diffusion_model, ATTN2_PATH)
+
+
+def attn1_layers(diffusion_model):
+    """{(block, id, index): attn1 module} for every self-attention layer of a ComfyUI UNet."""
+    return _layers(diffusion_model, ATTN1_PATH)
+
+
+def _layers(diffusion_model, pattern):
     layers = {}
     for name, module in diffusion_model.named_modules():
-        m = ATTN2_PATH.match(name)
+        m = pattern.match(name)
         if m is None:
             continue
         if m.group(1):
@@ -44,9 +55,10 @@ def _default_attention(q, k, v, extra_options):
                                transformer_options=extra_options)
 
 
-def make_replace(controller, module, previous, default_attention=_default_attention):
-    """An attn2 replace function ``fn(q, k, v, extra_options)`` running ``controller`` around
-    ``previous`` (another replace function, or None for ComfyUI's own attention)."""
+def make_replace(controller, module, previous, default_attention=_default_attention, is_cross=True):
+    """An attn2 (or, with ``is_cross=False``, attn1) replace function ``fn(q, k, v, extra_options)``
+    running ``controller`` around ``previous`` (another replace function, or None for ComfyUI's own
+    attention)."""
 
     def replace(q, k, v, extra_options, **kwargs):
         if previous is not None:
@@ -62,7 +74,7 @@ def make_replace(controller, module, previous, default_attention=_default_attent
         call = AttentionCall(
             q=q, k=k, v=v,
             heads=extra_options["n_heads"],
-            is_cross=True,
+            is_cross=is_cross,
             height=int(h), width=int(w),
             latent_height=int(lh), latent_width=int(lw),
             place=(block[0], block[1], extra_options.get("block_index", 0)),
@@ -79,15 +91,25 @@ def make_replace(controller, module, previous, default_attention=_default_attent
     return replace
 
 
-def with_controller(transformer_options, diffusion_model, controller):
-    """A copy of ``transformer_options`` whose attn2 replaces run ``controller`` first."""
+def with_controller(transformer_options, diffusion_model, controller, self_attention=False):
+    """A copy of ``transformer_options`` whose attn2 replaces run ``controller`` first.
+
+    ``self_attention=True`` routes the attn1 (self-attention) calls through the controller too, in
+    the same wrapping style (``AttentionCall.is_cross`` tells them apart). Routing attn1 makes
+    ComfyUI project q/k/v itself and call the replace, so only ask for it when a controller acts
+    on self-attention.
+    """
     to = dict(transformer_options)
     replaces = dict(to.get("patches_replace", {}))
-    attn2 = dict(replaces.get("attn2", {}))
-    for key, module in attn2_layers(diffusion_model).items():
-        previous = attn2.get(key, attn2.get(key[:2]))
-        attn2[key] = make_replace(controller, module, previous)
-    replaces["attn2"] = attn2
+    kinds = [("attn2", attn2_layers, True)]
+    if self_attention:
+        kinds.append(("attn1", attn1_layers, False))
+    for kind, find_layers, is_cross in kinds:
+        slot = dict(replaces.get(kind, {}))
+        for key, module in find_layers(diffusion_model).items():
+            previous = slot.get(key, slot.get(key[:2]))
+            slot[key] = make_replace(controller, module, previous, is_cross=is_cross)
+        replaces[kind] = slot
     to["patches_replace"] = replaces
     return to
 

@@ -1,0 +1,134 @@
+"""MAG-Edit cost: time ratios fast preset / plain 50-step DDIM sampling, and paper / fast.
+
+    python benchmarks/mag_edit.py            # CPU, tiny random UNet (ratios are what matter)
+    python benchmarks/mag_edit.py --full     # SD1.5-size random weights at 512 px (CUDA when available):
+                                             # seconds and peak memory per preset
+
+"Plain DDIM" is 50 classifier-free-guided steps (the [uncond, cond] pair per step) through the
+same denoiser, no controller; both presets include their inversion.
+"""
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_pack():
+    spec = importlib.util.spec_from_file_location("contextedit", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["contextedit"] = mod
+    spec.loader.exec_module(mod)
+
+
+def build(full, device):
+    from diffusers import UNet2DConditionModel
+
+    if full:
+        cfg = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                   block_out_channels=(320, 640, 1280, 1280),
+                   down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                   up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                   cross_attention_dim=768, attention_head_dim=8)
+        ctx_dim, latent_hw = 768, 64
+    else:
+        cfg = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                   block_out_channels=(16, 16, 32, 32),
+                   down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                   up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                   cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)
+        ctx_dim, latent_hw = 32, 16
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**cfg).eval().to(device)
+    return unet, ctx_dim, latent_hw
+
+
+class Tok:
+    """word-level stand-in for ComfyUI's tokenizer (77 positions, word id 0 = special)"""
+
+    def __init__(self):
+        self.vocab = {}
+
+    def __call__(self, text):
+        words = text.split()
+        chunk = [(0, 1.0, 0)] + [(self.vocab.setdefault(w, 2 + len(self.vocab)), 1.0, i + 1)
+                                 for i, w in enumerate(words)] + [(1, 1.0, 0)]
+        return {"l": [chunk + [(1, 1.0, 0)] * (77 - len(chunk))]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--full", action="store_true")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--presets", default="fast,paper")
+    args = ap.parse_args()
+    load_pack()
+    from contextedit.nodes.mag_edit.denoiser import DiffusersDenoiser
+    from contextedit.nodes.mag_edit.inversion import cfg_eps, ddim_schedule
+    from contextedit.nodes.mag_edit.mag import mag_edit, preset
+    from contextedit.nodes.mag_edit.prompts import prepare_prompts
+
+    device = "cuda" if (args.full and torch.cuda.is_available()) else "cpu"
+    unet, ctx_dim, hw = build(args.full, device)
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    den = DiffusersDenoiser(unet, torch.cumprod(1 - betas, 0).float())
+    tok = Tok()
+    table = torch.randn(256, ctx_dim, generator=torch.Generator().manual_seed(1))
+
+    def enc(text):
+        ids = torch.tensor([t for t, _, _ in tok(text)["l"][0]])
+        return table[ids].unsqueeze(0).to(device)
+
+    prompts = prepare_prompts(tok, enc, "a white cat on a table", "a black dog on a table")
+    x0 = torch.randn(1, 4, hw, hw, generator=torch.Generator().manual_seed(2)).to(device)
+    mask = torch.zeros(1, hw * 8, hw * 8)
+    mask[:, hw * 2:hw * 6, hw * 2:hw * 6] = 1.0
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def plain():
+        sig = ddim_schedule(den.sigma_table, args.steps)
+        z = x0 * float(sig[0])
+        with torch.no_grad():
+            for i in range(args.steps):
+                z = z + (float(sig[i + 1]) - float(sig[i])) * cfg_eps(den, z, float(sig[i]), prompts.target_context,
+                                                                      prompts.uncond_context, 7.5)
+        return z
+
+    def timed(fn):
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else float("nan")
+        return time.perf_counter() - t, peak
+
+    plain()  # warm-up
+    results = {"plain DDIM": timed(plain)}
+    for name in args.presets.split(","):
+        cfg = preset(name, steps=args.steps)
+        den.calls = 0
+        results[name] = timed(lambda: mag_edit(den, x0, mask, prompts, cfg))
+        print(f"{name}: {den.calls} UNet calls")
+    print(f"device={device} model={'SD1.5-size 512px' if args.full else 'tiny 128px'} steps={args.steps}")
+    for k, (s, peak) in results.items():
+        print(f"  {k:12s} {s:8.2f} s   peak {peak:.2f} GiB")
+    base = results["plain DDIM"][0]
+    if "fast" in results:
+        print(f"  fast / plain DDIM = {results['fast'][0] / base:.2f}")
+    if "fast" in results and "paper" in results:
+        print(f"  paper / fast      = {results['paper'][0] / results['fast'][0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""MAG-Edit engine on a tiny diffusers UNet: ratios rise, negatives fall, the blend is exact,
+gradients reach only the latent, inputs stay untouched, bad inputs name themselves."""
+
+import copy
+
+import pytest
+import torch
+
+from contextedit.attention_patches.controller import LayerSelector
+from contextedit.attention_patches.injection import AttentionInjection
+from contextedit.attention_patches.token_ratio import (CrossAttentionProbe, StopForward, mean_ratio, ratio_loss,
+                                                       spatial_ratio, token_ratio)
+from contextedit.nodes.errors import InputError
+from contextedit.nodes.mag_edit.denoiser import DiffusersDenoiser
+from contextedit.nodes.mag_edit.inversion import CaptureSpec, ddim_schedule, invert
+from contextedit.nodes.mag_edit.mag import latent_masks, mag_edit, preset
+from contextedit.nodes.mag_edit.prompts import align_tokens, prepare_prompts
+from contextedit.nodes.masks.token_broadcaster import layout
+from fixtures.tiny_mag import TableEncoder, WordTokenizer, sd_alphas_cumprod, sd_like_unet
+
+SOURCE, TARGET = "a white cat on a table", "a black dog on a table"
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def env():
+    unet = sd_like_unet()
+    den = DiffusersDenoiser(unet, sd_alphas_cumprod())
+    tok = WordTokenizer()
+    enc = TableEncoder(tok)
+    x0 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    mask = torch.zeros(1, 128, 128)
+    mask[:, 32:96, 32:96] = 1.0
+    return den, tok, enc, x0, mask
+
+
+def prompts(env, **kw):
+    _, tok, enc, _, _ = env
+    return prepare_prompts(tok, enc, SOURCE, TARGET, **kw)
+
+
+def small(name, **kw):
+    base = dict(steps=STEPS, iterations=3, null_text_iterations=2)
+    if name == "paper":
+        base["optimize_fraction"] = 0.5
+    else:
+        base["optimize_fraction"] = 0.34
+    base.update(kw)
+    return preset(name, **base)
+
+
+# --- math ----------------------------------------------------------------------------------
+
+def test_ratios_match_explicit_loops():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(1, 2, 4, 5, generator=g)
+    mask = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    pos = [1, 3]
+    tr, sr = token_ratio(probs, mask, pos), spatial_ratio(probs, mask, pos)
+    for h in range(2):
+        rs = [(probs[0, h, p, 1] + probs[0, h, p, 3]) / 2 / probs[0, h, p].sum() for p in (0, 2)]
+        assert float(tr[0, h]) == pytest.approx(float(sum(rs) / 2), rel=1e-5)
+        word = probs[0, h, :, 1] + probs[0, h, :, 3]
+        assert float(sr[0, h]) == pytest.approx(float((word[0] + word[2]) / word.sum()), rel=1e-5)
+
+
+def test_prompt_alignment_and_edit_words(env):
+    _, tok, enc, _, _ = env
+    mapper, alphas, new = align_tokens(layout(tok(SOURCE)), layout(tok(TARGET)))
+    assert new == [2, 3]                              # "black dog"
+    assert alphas[2] == 0 and alphas[3] == 0 and bool((alphas[[0, 1, 4, 5, 6, 7, 8]] == 1).all())
+    assert mapper[4] == 4 and mapper[0] == 0 and mapper[8] == 8
+    p = prompts(env)
+    assert p.edit_positions == [[2, 3]]
+    p = prompts(env, edit_words="dog", negative_words="white")
+    assert p.edit_positions == [[3]] and p.negative_positions == [[2]]
+    assert torch.equal(p.negative_context, p.source_context)
+    p = prompts(env, negative_words="fluffy")            # not in the source: its own prompt
+    assert p.negative_positions == [[1]] and not torch.equal(p.negative_context, p.source_context)
+
+
+def test_injection_of_an_identical_source_is_a_no_op(env):
+    """Refine with every token aligned and the source = this very call: outputs unchanged."""
+    den, tok, enc, x0, _ = env
+    ctx = enc(SOURCE)
+    sigmas = ddim_schedule(den.sigma_table, 4)
+    src = invert(den, x0, ctx, enc(""), sigmas, "direct", 7.5, CaptureSpec(cross_steps=4, self_steps=4))
+    inj = AttentionInjection(src.store, torch.arange(ctx.shape[1]), torch.ones(ctx.shape[1]))
+    inj.step = 1
+    z = src.latents[1]
+    with torch.no_grad():
+        plain = den(torch.cat([z, z]), float(sigmas[1]), torch.cat([enc(""), ctx]), branches=[1, 0])
+        injected = den(torch.cat([z, z]), float(sigmas[1]), torch.cat([enc(""), ctx]), controller=inj,
+                       branches=[1, 0])
+    assert inj.calls_injected == 17  # 10 cross + 7 self layers
+    torch.testing.assert_close(injected, plain, atol=1e-4, rtol=1e-4)
+
+
+# --- behaviour -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["fast", "paper"])
+def test_mag_raises_the_edit_token_ratio(env, name):
+    den, _, _, x0, mask = env
+    p = prompts(env)
+    none = mag_edit(den, x0, mask, p, small(name, iterations=0))
+    some = mag_edit(den, x0, mask, p, small(name))
+    n_opt = small(name).step_counts()["optimize"]
+    assert n_opt >= 2
+    assert len(some.history[0].ratios) == small(name).iterations
+    assert some.history[0].ratios[-1] > some.history[0].ratios[0]
+    for i in range(n_opt):
+        assert some.history[i].ratio_after > none.history[i].ratio_after
+    assert some.map_before.shape == some.map_after.shape == (1, 4, 4)
+
+
+def test_ratio_target_stops_early(env):
+    den, _, _, x0, mask = env
+    r = mag_edit(den, x0, mask, prompts(env), small("fast", ratio_target=0.0))
+    assert all(len(h.ratios) == 1 for h in r.history[:2])
+
+
+def test_negative_constraint_lowers_the_negative_share(env):
+    den, _, _, x0, mask = env
+    p = prompts(env, negative_words="white")
+    without = mag_edit(den, x0, mask, p, small("fast", negative_scale=0.0, token_ratio_weight=0.0, iterations=4))
+    with_neg = mag_edit(den, x0, mask, p, small("fast", negative_scale=50.0, token_ratio_weight=0.0, iterations=4))
+    assert without.history[0].negative_ratios[0] == pytest.approx(with_neg.history[0].negative_ratios[0])
+    assert with_neg.history[0].negative_ratios[-1] < without.history[0].negative_ratios[-1]
+    assert with_neg.history[0].negative_ratios[-1] < with_neg.history[0].negative_ratios[0]
+
+
+def test_outside_the_dilated_mask_the_result_is_the_reconstruction(env):
+    den, _, _, x0, mask = env
+    r = mag_edit(den, x0, mask, prompts(env), small("fast"))
+    _, dilated = latent_masks(mask, 16, 16, 1)
+    outside = dilated.expand_as(r.latent) == 0
+    assert torch.equal(r.latent[outside], r.reconstruction[outside])
+    assert torch.equal(r.reconstruction, x0)              # direct inversion: the source itself
+    inside = latent_masks(mask, 16, 16, 0)[0].expand_as(r.latent) == 1
+    assert float((r.latent[inside] - x0[inside]).abs().max()) > 1e-3
+
+
+def test_gradients_reach_the_latent_only(env):
+    den, _, _, x0, mask = env
+    p = prompts(env)
+    z = (x0 * 3.0).clone().requires_grad_(True)
+    probe = CrossAttentionProbe(LayerSelector(downscales=(32,)))
+    with den.autograd_ready():
+        den(z, 3.0, p.target_context, controller=probe)
+        loss = ratio_loss(probe.records, mask, p.edit_positions).sum()
+        (grad,) = torch.autograd.grad(loss, [z])
+    assert len(probe.records) == 3  # the 1/32 layers: down_blocks.2, up_blocks.1 x2
+    assert torch.isfinite(grad).all() and float(grad.abs().max()) > 0
+    assert all(p_.grad is None and p_.requires_grad for p_ in den.unet.parameters())
+
+
+def test_truncated_forward_records_the_same_maps(env):
+    den, _, _, x0, mask = env
+    p = prompts(env)
+    full = CrossAttentionProbe(LayerSelector(downscales=(32,)))
+    cut = CrossAttentionProbe(LayerSelector(downscales=(32,)), stop_after=3)
+    with torch.no_grad():
+        den(x0, 3.0, p.target_context, controller=full)
+        with pytest.raises(StopForward):
+            den(x0, 3.0, p.target_context, controller=cut)
+    torch.testing.assert_close(mean_ratio(cut.records, mask, p.edit_positions),
+                               mean_ratio(full.records, mask, p.edit_positions))
+    # the host's processors are back after the exception
+    assert all(type(proc).__name__ != "ControlledProcessor" for proc in den.unet.attn_processors.values())
+
+
+def test_inputs_are_unchanged(env):
+    den, _, _, x0, mask = env
+    p = prompts(env, negative_words="white")
+    before = (x0.clone(), mask.clone(), p.source_context.clone(), p.target_context.clone(),
+              copy.deepcopy(den.unet.state_dict()))
+    processors = {k: type(v) for k, v in den.unet.attn_processors.items()}
+    mag_edit(den, x0, mask, p, small("paper", steps=4, iterations=1))
+    assert torch.equal(x0, before[0]) and torch.equal(mask, before[1])
+    assert torch.equal(p.source_context, before[2]) and torch.equal(p.target_context, before[3])
+    for k, v in den.unet.state_dict().items():
+        assert torch.equal(v, before[4][k]), k
+    assert {k: type(v) for k, v in den.unet.attn_processors.items()} == processors
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+def test_bad_inputs_name_the_input(env):
+    den, tok, enc, x0, mask = env
+    p = prompts(env)
+    cases = [
+        (lambda: mag_edit(den, x0, torch.ones(1, 100, 128), p, small("fast")), "mask"),
+        (lambda: mag_edit(den, x0, torch.zeros(1, 128, 128), p, small("fast")), "mask"),
+        (lambda: mag_edit(den, x0[0], mask, p, small("fast")), "latent"),
+        (lambda: prepare_prompts(tok, enc, SOURCE, TARGET, edit_words="horse"), "edit_words"),
+        (lambda: prepare_prompts(tok, enc, "", TARGET), "source_prompt"),
+        (lambda: prepare_prompts(tok, enc, SOURCE, "  "), "target_prompt"),
+        (lambda: prepare_prompts(tok, enc, SOURCE, SOURCE), "target_prompt"),
+        (lambda: preset("slow"), "preset"),
+    ]
+    for fn, name in cases:
+        with pytest.raises(InputError) as err:
+            fn()
+        assert err.value.input_name == name
