@@ -8,7 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from ..errors import InputError
-from ..managed import ModuleHolder
+from ..managed import ManagedModel, devices
 from ..model_folders import list_models, resolve_model
 from .checker import check_batch
 from .manual import manual_plans
@@ -19,14 +19,6 @@ EditPlan = io.Custom("EDIT_PLAN")
 VLMType = io.Custom("CONTEXTEDIT_VLM")
 CATEGORY = "ContextEdit/executability"
 DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-class ManagedVLM:
-    """What flows along a CONTEXTEDIT_VLM link: the engine object and its ModelPatcher."""
-
-    def __init__(self, vlm, patcher):
-        self.vlm = vlm
-        self.patcher = patcher
 
 
 def plan_strings(plans):
@@ -62,17 +54,12 @@ class LoadVLM(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, dtype) -> io.NodeOutput:
-        import comfy.model_management as mm
-        import comfy.model_patcher
-
         if dtype not in DTYPES:
             raise InputError("dtype", f"'{dtype}' is not one of {list(DTYPES)}.", "Pick one from the list.")
         path = resolve_model("LLM", model_name)
-        load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
-        chosen = DTYPES[dtype] or default_dtype(load_device)
-        vlm = load_vlm(path, device=offload_device, dtype=chosen)
-        patcher = comfy.model_patcher.ModelPatcher(ModuleHolder(vlm.model), load_device=load_device, offload_device=offload_device)
-        return io.NodeOutput(ManagedVLM(vlm, patcher))
+        load_device, offload_device = devices()
+        vlm = load_vlm(path, device=offload_device, dtype=DTYPES[dtype] or default_dtype(load_device))
+        return io.NodeOutput(ManagedModel(vlm, vlm.model, "vlm"))
 
 
 class CheckInstructions(io.ComfyNode):
@@ -108,11 +95,11 @@ class CheckInstructions(io.ComfyNode):
         import comfy.model_management as mm
         import comfy.utils
 
-        if not isinstance(vlm, ManagedVLM):
+        if not isinstance(vlm, ManagedModel) or vlm.kind != "vlm":
             raise InputError("vlm", f"is a {type(vlm).__name__}, not a loaded VLM.", "Connect ContextEdit Load VLM.")
-        mm.load_models_gpu([vlm.patcher])
+        engine = vlm.load()
         pbar = comfy.utils.ProgressBar(max_new_tokens * int(image.shape[0]))
-        plans = check_batch(vlm.vlm, image, instructions, max_new_tokens=max_new_tokens,
+        plans = check_batch(engine, image, instructions, max_new_tokens=max_new_tokens,
                             should_stop=mm.throw_exception_if_processing_interrupted,
                             on_token=lambda done, total: pbar.update_absolute(done, total))
         return io.NodeOutput(plans, *plan_strings(plans))

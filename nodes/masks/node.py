@@ -3,7 +3,7 @@
 from comfy_api.latest import io
 
 from ..errors import InputError
-from ..managed import ModuleHolder
+from ..managed import ManagedModel, devices
 from ..executability.plan import as_plan_list
 from ..model_folders import list_models, resolve_model
 from .decode import decode_batch
@@ -12,14 +12,6 @@ from .sam import load_sam
 EditPlan = io.Custom("EDIT_PLAN")
 SamType = io.Custom("CONTEXTEDIT_SAM")
 CATEGORY = "ContextEdit/masks"
-
-
-class ManagedSAM:
-    """What flows along a CONTEXTEDIT_SAM link: the decoder and its ModelPatcher."""
-
-    def __init__(self, decoder, patcher):
-        self.decoder = decoder
-        self.patcher = patcher
 
 
 class LoadSAM(io.ComfyNode):
@@ -38,15 +30,9 @@ class LoadSAM(io.ComfyNode):
 
     @classmethod
     def execute(cls, sam_name) -> io.NodeOutput:
-        import comfy.model_management as mm
-        import comfy.model_patcher
-
         path = resolve_model("sams", sam_name)
-        load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
-        decoder = load_sam(path, device=offload_device, input_name="sam_name")
-        patcher = comfy.model_patcher.ModelPatcher(ModuleHolder(decoder.model), load_device=load_device,
-                                                   offload_device=offload_device)
-        return io.NodeOutput(ManagedSAM(decoder, patcher))
+        decoder = load_sam(path, device=devices()[1], input_name="sam_name")
+        return io.NodeOutput(ManagedModel(decoder, decoder.model, "sam"))
 
 
 class DecodeMasks(io.ComfyNode):
@@ -75,15 +61,12 @@ class DecodeMasks(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, plan, dilate, feather, sam=None) -> io.NodeOutput:
-        import comfy.model_management as mm
-
         plans = as_plan_list(plan, "plan")
         decoder = None
         if sam is not None:
-            if not isinstance(sam, ManagedSAM):
+            if not isinstance(sam, ManagedModel) or sam.kind != "sam":
                 raise InputError("sam", f"is a {type(sam).__name__}, not a loaded SAM.", "Connect ContextEdit Load SAM.")
-            mm.load_models_gpu([sam.patcher])
-            decoder = sam.decoder
+            decoder = sam.load()
         masks, union, preview = decode_batch(image, plans, sam=decoder, dilate_px=dilate, feather_px=feather)
         return io.NodeOutput(masks, union, preview)
 

@@ -49,7 +49,7 @@ def test_check_instructions_real_generate_path(folders, nodes, name):
     ex, _ = nodes
     assert name in ex.list_models("LLM")
     (vlm,) = out(ex.LoadVLM.execute(model_name=name, dtype="auto"))
-    assert next(vlm.vlm.model.parameters()).dtype == torch.float32  # CPU
+    assert next(vlm.engine.model.parameters()).dtype == torch.float32  # CPU
     plans, report, executable, src, tgt = out(ex.CheckInstructions.execute(
         image=image(2), instructions=INSTRUCTIONS, vlm=vlm, max_new_tokens=24))
     assert len(plans) == 2
