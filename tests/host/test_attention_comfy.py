@@ -283,3 +283,25 @@ def test_token_broadcaster_with_comfyui_tokenizer(sd15, node):
     # the encoder concatenates chunks along the token axis, so positions index the conditioning
     cond = node._encode_fn(clip)(prompt)
     assert cond.shape[1] == lay.length
+
+
+def test_attention_map_shows_the_patch(comfyui_root, sd15, node):
+    """The heat-map of the instruction's words: everywhere on the plain model, only inside the
+    mask on the patched one (16x16 layers, absolute shares)."""
+    model, clip, _ = sd15
+    mask = torch.zeros(1, 128, 128)
+    mask[:, :, :64] = 1.0  # left half
+    patched, positive, prompt = patch(node, model, clip, mask, prompt="make the hat red", routing="whole prompt")
+    latent = {"samples": torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))}
+    args = dict(clip=clip, prompt="make the hat red", words="hat, red", latent=latent, sigma=5.0, resolutions="32",
+                seed=0, normalize=False)
+    (plain,) = node.AttentionMap.execute(model=model, **args).args
+    (masked,) = node.AttentionMap.execute(model=patched, **args).args
+    assert plain.shape == masked.shape == (1, 128, 128, 3)
+    heat = pack_module(comfyui_root, "nodes.attention.heatmap")
+    zero_colour = heat.colorize(torch.zeros(1))[0]
+    right = masked[0, :, 84:]          # grid columns 2-3 only (4x4 grid, bilinear upsampling)
+    assert torch.allclose(right, zero_colour.expand_as(right), atol=1e-6)
+    assert not torch.allclose(masked[0, :, :56], zero_colour.expand_as(masked[0, :, :56]), atol=1e-3)
+    assert not torch.allclose(plain[0, :, 84:], zero_colour.expand_as(plain[0, :, 84:]), atol=1e-3)
+    assert torch.equal(latent["samples"], torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)))
