@@ -18,6 +18,7 @@ UI_FILES = sorted((REPO / "workflows").glob("*.json"))
 def test_every_ui_workflow_has_an_api_twin_and_back():
     assert UI_FILES and API_FILES
     assert {p.name for p in UI_FILES} == {p.name for p in API_FILES}
+    assert all(p.with_suffix(".jpg").is_file() for p in UI_FILES), "tools/make_thumbnails.py writes them"
 
 
 TINY_VLM, TINY_SAM = "tiny-qwen2.5-vl", "sam_tiny.pth"
