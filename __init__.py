@@ -15,6 +15,7 @@ NODE_MODULES = (
     (".nodes.executability.node", ("LoadVLM", "CheckInstructions", "ManualPlan")),
     (".nodes.masks.node", ("LoadSAM", "DecodeMasks")),
     (".nodes.attention.node", ("AttentionMask", "AttentionMap")),
+    (".nodes.mag_edit.node", ("MagEdit",)),
 )
 
 
