@@ -16,6 +16,7 @@ NODE_MODULES = (
     (".nodes.masks.node", ("LoadSAM", "DecodeMasks")),
     (".nodes.attention.node", ("AttentionMask", "AttentionMap")),
     (".nodes.mag_edit.node", ("MagEdit",)),
+    (".nodes.regions.node", ("LoadRegionPredictor", "PredictEditRegion")),
 )
 
 

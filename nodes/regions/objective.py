@@ -200,6 +200,14 @@ def optimize_region(encoders: RegionEncoders, image, instruction, caption, targe
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError("steps", f"must be a positive integer, got {steps!r}.", "Use e.g. 50.")
     with torch.inference_mode(False), torch.enable_grad():
+        vision = encoders.vision
+        if any(t.is_inference() for t in (*vision.parameters(), *vision.buffers())):
+            # loaded (or moved to the GPU) under ComfyUI's inference mode: such weights cannot be
+            # saved for backward, and L_CLIP back-propagates through this encoder. A copy made
+            # here holds ordinary tensors.
+            import copy
+
+            encoders = RegionEncoders(copy.deepcopy(vision), encoders.instruction, encoders.text)
         batch = encode_batch(encoders, image, instruction, caption, target_caption, generated)
         batch = EncodedBatch(**{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in vars(batch).items()})
         if predictor is None:

@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 from fixtures.tiny_models import make_tiny_qwen2_vl, make_tiny_sam_checkpoint
+from fixtures.tiny_models import make_tiny_clip_vision, make_tiny_t5_encoder
+from fixtures.tiny_regions import make_tiny_region_predictor
 
 REPO = Path(__file__).resolve().parents[2]
 API_FILES = sorted((REPO / "workflows" / "api").glob("*.json"))
@@ -33,6 +35,24 @@ def tiny_foreign_models(comfy_server, generated_dir):
     shutil.copy(make_tiny_sam_checkpoint(generated_dir), Path(comfy_server.model_dirs["sams"]) / TINY_SAM)
 
 
+TINY_REGION = {"region_predictor": "tiny-region-predictor.safetensors",
+               "clip_vision": "tiny-clip-vision.safetensors", "text_encoder": "tiny-flan-t5-encoder"}
+
+
+@pytest.fixture(scope="module")
+def tiny_region_models(comfy_server, generated_dir):
+    """A tiny fitted region head in models/contextedit, the tiny CLIP vision file (+ its config as
+    <name>.json) in models/clip_vision and the tiny FLAN-T5 folder in models/text_encoders."""
+    dirs = {k: Path(v) for k, v in comfy_server.model_dirs.items()}
+    shutil.copy(make_tiny_region_predictor(generated_dir), dirs["contextedit"] / TINY_REGION["region_predictor"])
+    clip = make_tiny_clip_vision(generated_dir)
+    shutil.copy(clip.single_file, dirs["clip_vision"] / TINY_REGION["clip_vision"])
+    shutil.copy(clip.folder / "config.json", dirs["clip_vision"] / "tiny-clip-vision.json")
+    t5 = dirs["text_encoders"] / TINY_REGION["text_encoder"]
+    if not t5.exists():
+        shutil.copytree(make_tiny_t5_encoder(generated_dir), t5)
+
+
 def adapt_for_tiny_models(graph, tiny_checkpoints, image_name, steps=2):
     """Point the graph at the generated models and the uploaded image; fewer steps and tokens."""
     graph = json.loads(json.dumps(graph))
@@ -42,6 +62,8 @@ def adapt_for_tiny_models(graph, tiny_checkpoints, image_name, steps=2):
             inputs["model_name"] = TINY_VLM
         elif node["class_type"] == "ContextEditLoadSAM":
             inputs["sam_name"] = TINY_SAM
+        elif node["class_type"] == "ContextEditLoadRegionPredictor":
+            inputs.update(TINY_REGION)
         elif "max_new_tokens" in inputs:
             inputs["max_new_tokens"] = 32
         elif node["class_type"] == "ContextEditManualPlan" and inputs.get("boxes"):
@@ -83,7 +105,7 @@ def expected_image_size(graph, node_id, size=(128, 96)):
 
 
 @pytest.mark.parametrize("path", API_FILES, ids=[p.stem for p in API_FILES])
-def test_api_workflow_runs_headless(comfy_server, tiny_checkpoints, tiny_foreign_models, path):
+def test_api_workflow_runs_headless(comfy_server, tiny_checkpoints, tiny_foreign_models, tiny_region_models, path):
     image = Image.new("RGB", (128, 96), (120, 160, 200))
     name = comfy_server.upload_image(image, name=f"wf_{path.stem}.png")
     graph = adapt_for_tiny_models(json.loads(path.read_text()), tiny_checkpoints, name)
