@@ -122,7 +122,8 @@ def main():
         print(f"{name}: {den.calls} UNet calls")
     print(f"device={device} model={'SD1.5-size 512px' if args.full else 'tiny 128px'} steps={args.steps}")
     for k, (s, peak) in results.items():
-        print(f"  {k:12s} {s:8.2f} s   peak {peak:.2f} GiB")
+        mem = f"peak {peak:.2f} GiB" if peak == peak else "peak GPU memory n/a on CPU"
+        print(f"  {k:12s} {s:8.2f} s   {mem}")
     base = results["plain DDIM"][0]
     if "fast" in results:
         print(f"  fast / plain DDIM = {results['fast'][0] / base:.2f}")
