@@ -219,3 +219,36 @@ def test_masked_sampling_keeps_the_source_latent_outside_the_mask(folders, regio
     assert diff_out <= 1e-5 * max(1.0, float(latent.abs().max())), diff_out
     print(json.dumps({"max_abs_diff_outside": float(diff_out), "max_abs_diff_inside": float(diff_in),
                       "exactly_equal_outside": bool(diff_out == 0)}))
+
+
+def test_cli_trained_checkpoint_loads_in_the_node(folders, regions, images, generated_dir, tmp_path):
+    """The documented training command's output, copied into models/contextedit, loads through the
+    node and predicts exactly what the engine predicts with it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from regions_common import tiny_model_paths, write_dataset
+
+    repo = Path(__file__).resolve().parents[2]
+    paths = tiny_model_paths(generated_dir)
+    data = write_dataset(tmp_path / "data", with_edits=True)
+    out_dir = tmp_path / "run"
+    head = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_HEAD.items()]
+    cmd = [sys.executable, os.path.join("nodes", "regions", "train.py"), "train", "--data", str(data),
+           "--clip-vision", str(paths["clip_vision"]), "--clip-text", str(paths["clip_text"]),
+           "--text-encoder", str(paths["text_encoder"]), "--out", str(out_dir), "--steps", "4",
+           "--image-size", "64", "--num-threads", "1", *head]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    run = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    target = Path(regions.resolve_model("contextedit", HEAD)).parent / "cli_trained.safetensors"
+    shutil.copy(out_dir / "region_predictor.safetensors", target)
+    source, _ = images
+    soft, mask, _ = predict(regions, source, load(regions, "cli_trained.safetensors"))
+    engine = pack_module(None, "nodes.regions.objective")
+    trained = pack_module(None, "nodes.regions.model").RegionPredictor.load(out_dir / "region_predictor.safetensors")
+    ref = engine.predict_region(trained, folders["encoders"], source.movedim(-1, 1), [INSTRUCTION]).soft_at(96, 128)
+    torch.testing.assert_close(soft, ref[:, 0])
+    assert soft.shape == mask.shape == (1, 96, 128)
