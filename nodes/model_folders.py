@@ -103,8 +103,21 @@ def list_models(kind: str, fp=None) -> list:
     return list(fp.get_filename_list(kind))
 
 
-def resolve_model(kind: str, name: str, fp=None) -> str:
-    """Full path of model ``name`` of ``kind``; raises ModelNotFoundError naming where it looked."""
+def resolve_model(kind, name: str, fp=None, expected: str = None) -> str:
+    """Full path of model ``name`` of ``kind``; raises ModelNotFoundError naming where it looked.
+
+    ``kind`` may be a tuple of kinds (e.g. ("text_encoders", "LLM")): the first holding ``name``
+    wins, and the error lists every folder of every kind."""
+    if isinstance(kind, (tuple, list)):
+        searched = []
+        for k in kind:
+            try:
+                return resolve_model(k, name, fp)
+            except ModelNotFoundError as error:
+                searched.extend(error.searched)
+        spec = MODEL_FOLDERS.get(kind[0])
+        raise ModelNotFoundError(" or ".join(kind), str(name), searched,
+                                 expected or (spec.expected if spec else "a model"))
     spec = MODEL_FOLDERS.get(kind)
     expected = spec.expected if spec else f"a model file for '{kind}'"
     searched = search_paths(kind, fp)

@@ -10,20 +10,8 @@ from contextedit.attention_patches.controller import level_factor, scaled_scores
 from contextedit.attention_patches.diffusers_adapter import DiffusersHost
 from contextedit.attention_patches.masked_attention import resize_masks
 
-CTX = 32
-TOKENS = 12
+from fixtures.tiny_mag import CTX, TOKENS, sd_like_unet  # one tiny SD1-layout UNet for all tests
 ALL_LEVELS = (8, 16, 32, 64)
-
-
-def sd_like_unet(seed=0):
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(16, 16, 32, 32),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=CTX, attention_head_dim=4, norm_num_groups=8,
-    ).eval()
 
 
 def sdxl_like_unet(seed=0):

@@ -14,24 +14,13 @@ from ...attention_patches.capture import AttentionCapture
 from ...attention_patches.comfy_adapter import attn2_layers, direct_transformer_options, install_controller
 from ..errors import InputError
 from ..executability.plan import as_plan_list
-from ..masks.token_broadcaster import locate_phrases
+from ..masks.token_broadcaster import clip_encoder, clip_tokenizer, locate_phrases
 from . import heatmap
 from .mask_patch import (BRANCH_CHOICES, ROUTINGS, build_mask_modulation, instructions_from, parse_downscales,
                          split_prompt)
 
 EditPlan = io.Custom("EDIT_PLAN")
 CATEGORY = "ContextEdit/attention"
-
-
-def _tokenize_fn(clip):
-    return lambda text: clip.tokenize(text, return_word_ids=True)
-
-
-def _encode_fn(clip):
-    def encode(text):
-        cond = clip.encode_from_tokens_scheduled(clip.tokenize(text), show_pbar=False)
-        return cond[0][0]
-    return encode
 
 
 def _check_model(model, context_dim=None):
@@ -124,10 +113,10 @@ class AttentionMask(io.ComfyNode):
                             "unpatched and the prompt is empty, so nothing is edited.")
             empty = clip.encode_from_tokens_scheduled(clip.tokenize(""), show_pbar=False)
             return io.NodeOutput(model.clone(), empty, "")
-        encode = _encode_fn(clip)
+        encode = clip_encoder(clip)
         sigma_max, sigma_min = _sigma_window(model, start_percent, end_percent)
         controller = build_mask_modulation(
-            _tokenize_fn(clip), encode, spec, mode=mode, routing=routing, downscales=downscales,
+            clip_tokenizer(clip), encode, spec, mode=mode, routing=routing, downscales=downscales,
             sigma_max=sigma_max, sigma_min=sigma_min, strength=strength, branch=apply_to,
         )
         _check_model(model, controller.prompt_context.shape[-1])
@@ -184,7 +173,7 @@ class AttentionMap(io.ComfyNode):
         if not isinstance(latent, dict) or "samples" not in latent:
             raise InputError("latent", "is not a LATENT.", "Connect a LATENT (e.g. from VAE Encode).")
         phrases = [w.strip() for w in words.split(",") if w.strip()] or [" ".join(split_prompt(prompt))]
-        positions, lay = locate_phrases(_tokenize_fn(clip), prompt, phrases, input_name="words")
+        positions, lay = locate_phrases(clip_tokenizer(clip), prompt, phrases, input_name="words")
         capture = AttentionCapture([p for ps in positions for p in ps], LayerSelector(parse_downscales(resolutions)),
                                    prompt_length=lay.length)
         if conditioning is None:

@@ -19,19 +19,12 @@ from comfy_api.latest import io
 
 from ..attention.heatmap import colorize
 from ..errors import InputError
+from ..masks.token_broadcaster import clip_encoder, clip_tokenizer
 from .mag import PRESETS, preset
 
 CATEGORY = "ContextEdit/mag_edit"
 MAX_STEPS = 200
 log = logging.getLogger(__name__)
-
-
-def _tokenize_fn(clip):
-    return lambda text: clip.tokenize(text, return_word_ids=True)
-
-
-def _encode_fn(clip):
-    return lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text), show_pbar=False)[0][0]
 
 
 def check_model(model):
@@ -203,7 +196,7 @@ class MagEdit(io.ComfyNode):
         if not 2 <= int(steps) <= MAX_STEPS:
             raise InputError("steps", f"{steps} is outside 2..{MAX_STEPS}.", "Use 50 (paper) or fewer for speed.")
         config = build_config(preset, steps, iterations, scale, optimize_until, blend_from, guidance, ratio_target)
-        prompts = prepare_prompts(_tokenize_fn(clip), _encode_fn(clip), source_prompt, target_prompt,
+        prompts = prepare_prompts(clip_tokenizer(clip), clip_encoder(clip), source_prompt, target_prompt,
                                   edit_words, negative_words)
         unet = model.get_model_object("diffusion_model")
         attn = next((m for n, m in unet.named_modules() if n.endswith("attn2")), None)

@@ -42,6 +42,16 @@ def _pick_stream(tokenized):
     return tokenized
 
 
+def clip_tokenizer(clip) -> Callable:
+    """``tokenize(text)`` with word ids, from a ComfyUI CLIP object (duck-typed, no comfy import)."""
+    return lambda text: clip.tokenize(text, return_word_ids=True)
+
+
+def clip_encoder(clip) -> Callable:
+    """``encode(text) -> [1, T, C]`` cross-attention conditioning, as CLIPTextEncode computes it."""
+    return lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text), show_pbar=False)[0][0]
+
+
 def layout(tokenized) -> TokenLayout:
     chunks = _pick_stream(tokenized)
     tokens, special = [], []

@@ -8,9 +8,9 @@ region is ComfyUI's own masked sampling (SetLatentNoiseMask + KSampler, appendix
 
 from comfy_api.latest import io
 
-from ..errors import InputError, ModelNotFoundError
+from ..errors import InputError
 from ..managed import ManagedModel, devices
-from ..model_folders import MODEL_FOLDERS, list_hf_folders, list_models, resolve_model, search_paths
+from ..model_folders import MODEL_FOLDERS, list_hf_folders, list_models, resolve_model
 from .encoders import ClipTextEncoder, ClipVisionEncoder, T5InstructionEncoder
 from .inference import RegionModels, predict_masks
 from .model import RegionPredictor
@@ -44,17 +44,6 @@ def text_encoder_options():
 def clip_text_options():
     return [NO_CLIP_TEXT] + _unique(_safe_list(list_hf_folders, "clip_vision")
                                     + _safe_list(list_hf_folders, "text_encoders"))
-
-
-def _resolve_any(kinds, name, expected):
-    """The first of ``kinds`` holding ``name``; else one error listing every folder searched."""
-    searched = []
-    for kind in kinds:
-        try:
-            return resolve_model(kind, name)
-        except ModelNotFoundError:
-            searched.extend(search_paths(kind))
-    raise ModelNotFoundError(" or ".join(kinds), name, searched, expected)
 
 
 class LoadRegionPredictor(io.ComfyNode):
@@ -98,13 +87,13 @@ class LoadRegionPredictor(io.ComfyNode):
             predictor = RegionPredictor.load(resolve_model("contextedit", region_predictor), input_name="region_predictor")
         vision = ClipVisionEncoder.load(resolve_model("clip_vision", clip_vision), input_name="clip_vision")
         instruction = T5InstructionEncoder.load(
-            _resolve_any(("text_encoders", "LLM"), text_encoder, "a FLAN-T5 Hugging Face folder (config.json, "
+            resolve_model(("text_encoders", "LLM"), text_encoder, expected="a FLAN-T5 Hugging Face folder (config.json, "
                          "tokenizer files, *.safetensors), e.g. models/text_encoders/flan-t5-base"),
             input_name="text_encoder")
         text = None
         if clip_text and clip_text != NO_CLIP_TEXT:
             text = ClipTextEncoder.load(
-                _resolve_any(("clip_vision", "text_encoders"), clip_text, MODEL_FOLDERS["clip_vision"].expected
+                resolve_model(("clip_vision", "text_encoders"), clip_text, expected=MODEL_FOLDERS["clip_vision"].expected
                              + " as a Hugging Face folder with the text tower and tokenizer"),
                 input_name="clip_text")
         models = RegionModels(vision, instruction, text, predictor)

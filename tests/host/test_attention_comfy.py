@@ -24,6 +24,10 @@ def node(comfyui_root):
     return pack_module(comfyui_root, "nodes.attention.node")
 
 
+def broadcaster_of():
+    return __import__("contextedit.nodes.masks.token_broadcaster", fromlist=["x"])
+
+
 def masks_lr(h=512, w=512):
     """two masks: left half and right half"""
     m = torch.zeros(2, h, w)
@@ -253,7 +257,7 @@ def test_phrase_not_in_prompt_and_non_sd_model(sd15, node):
     spec.instructions = ["paint the sky"]
     mp = __import__("contextedit.nodes.attention.mask_patch", fromlist=["x"])
     with pytest.raises(errors.InputError, match="does not occur"):
-        mp.build_mask_modulation(node._tokenize_fn(clip), node._encode_fn(clip), spec)
+        mp.build_mask_modulation(broadcaster_of().clip_tokenizer(clip), broadcaster_of().clip_encoder(clip), spec)
 
     class NotSD:
         def get_model_object(self, name):
@@ -268,7 +272,7 @@ def test_token_broadcaster_with_comfyui_tokenizer(sd15, node):
     """Real SD1 tokenizer: weights syntax, a prompt longer than one 77-token chunk."""
     broadcaster = __import__("contextedit.nodes.masks.token_broadcaster", fromlist=["x"])
     _, clip, _ = sd15
-    tokenize = node._tokenize_fn(clip)
+    tokenize = broadcaster_of().clip_tokenizer(clip)
     filler = ", ".join(["a beautiful old wooden house"] * 15)  # > 75 tokens
     prompt = f"{filler}, make the (red hat:1.3) bigger\nturn the dog into a cat"
     phrases = ["make the red hat bigger", "turn the dog into a cat"]
@@ -281,7 +285,7 @@ def test_token_broadcaster_with_comfyui_tokenizer(sd15, node):
         assert all(p not in lay.special for p in pos)
     assert positions[1][0] > 77  # the second instruction lives in the second chunk
     # the encoder concatenates chunks along the token axis, so positions index the conditioning
-    cond = node._encode_fn(clip)(prompt)
+    cond = broadcaster_of().clip_encoder(clip)(prompt)
     assert cond.shape[1] == lay.length
 
 
