@@ -6,6 +6,8 @@ branch id of each batch chunk (``branches``, like ComfyUI's cond_or_uncond) and 
 Processors we replace are restored by :meth:`DiffusersHost.detach`.
 """
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -16,6 +18,21 @@ def sdpa(q, k, v, heads, attn_mask=None):
     out = F.scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads),
                                          attn_mask=attn_mask)
     return merge_heads(out)
+
+
+_MODULES = weakref.WeakKeyDictionary()
+
+
+def attention_modules(unet):
+    """[(place, Attention module)] of a UNet, named like diffusers' ``attn_processors`` keys
+    (``down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor``). Found once per UNet:
+    walking the module tree on every call (``set_attn_processor``) costs milliseconds."""
+    found = _MODULES.get(unet)
+    if found is None:
+        found = [(f"{name}.processor", m) for name, m in unet.named_modules()
+                 if hasattr(m, "set_processor") and hasattr(m, "get_processor")]
+        _MODULES[unet] = found
+    return found
 
 
 class DiffusersHost:
@@ -36,15 +53,17 @@ class DiffusersHost:
     def attach(self, controller):
         if self._originals is not None:
             raise RuntimeError("a controller is already attached; detach() first")
-        self._originals = dict(self.unet.attn_processors)
-        processors = {name: ControlledProcessor(controller, name, self) for name in self._originals}
-        self.unet.set_attn_processor(processors)
+        modules = attention_modules(self.unet)
+        self._originals = [(m, m.get_processor()) for _, m in modules]
+        for name, m in modules:
+            m.set_processor(ControlledProcessor(controller, name, self))
         self._hook = self.unet.register_forward_pre_hook(self._record_shape, with_kwargs=True)
         return self
 
     def detach(self):
         if self._originals is not None:
-            self.unet.set_attn_processor(self._originals)
+            for m, processor in self._originals:
+                m.set_processor(processor)
             self._originals = None
         if self._hook is not None:
             self._hook.remove()

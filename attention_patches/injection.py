@@ -112,6 +112,9 @@ class AttentionInjection(AttentionController):
         self.cross_on = True
         self.self_on = True
         self.calls_injected = 0
+        # the source columns of a (step, layer) are the same in every forward of that step (MAG's
+        # iterations and the sampling forward): computed once, dropped when the step changes
+        self._columns = {}
 
     @property
     def needs_self_attention(self) -> bool:
@@ -130,20 +133,30 @@ class AttentionInjection(AttentionController):
         src = self._source(call) if call.is_cross else None
         if src is None:
             return probs
-        q_s, k_s = src
-        src_probs = scaled_scores(q_s.to(call.q.device), k_s.to(call.q.device), call.heads).softmax(dim=-1)
-        n_tok = probs.shape[-1]
-        mapper = self.mapper[:n_tok].to(probs.device).clamp(max=src_probs.shape[-1] - 1)
-        alphas = self.alphas[:n_tok].to(probs.device)
-        if alphas.shape[0] < n_tok:  # longer target: extra positions keep their own attention
-            alphas = torch.cat([alphas, alphas.new_zeros(n_tok - alphas.shape[0])])
-            mapper = torch.cat([mapper, mapper.new_zeros(n_tok - mapper.shape[0])])
-        src_cols = src_probs[..., mapper] * alphas  # [1, H, Nq, T]
+        src_cols, alphas = self._source_columns(call, src, probs.shape[-1], probs.device)
         parts = []
         for branch, sl in chunk_branches(call):
             parts.append(src_cols + probs[sl] * (1 - alphas) if branch == self.branch else probs[sl])
         self.calls_injected += 1
         return torch.cat(parts, dim=0)
+
+    def _source_columns(self, call, src, n_tok, device):
+        """(alphas * source probabilities gathered by the mapper [1, H, Nq, T], alphas [T])."""
+        key = (self.step, call.place, n_tok, call.heads, str(device))
+        if self._columns and next(iter(self._columns))[0] != self.step:
+            self._columns.clear()
+        hit = self._columns.get(key)
+        if hit is not None:
+            return hit
+        q_s, k_s = src
+        src_probs = scaled_scores(q_s.to(device), k_s.to(device), call.heads).softmax(dim=-1)
+        mapper = self.mapper[:n_tok].to(device).clamp(max=src_probs.shape[-1] - 1)
+        alphas = self.alphas[:n_tok].to(device)
+        if alphas.shape[0] < n_tok:  # longer target: extra positions keep their own attention
+            alphas = torch.cat([alphas, alphas.new_zeros(n_tok - alphas.shape[0])])
+            mapper = torch.cat([mapper, mapper.new_zeros(n_tok - mapper.shape[0])])
+        hit = self._columns[key] = (src_probs[..., mapper] * alphas, alphas)
+        return hit
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:
         src = self._source(call)

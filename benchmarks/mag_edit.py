@@ -5,7 +5,9 @@
                                              # seconds and peak memory per preset
 
 "Plain DDIM" is 50 classifier-free-guided steps (the [uncond, cond] pair per step) through the
-same denoiser, no controller; both presets include their inversion.
+same denoiser with no controller (the UNet's own attention processors). Each preset runs at its
+own step count (paper 50, fast 30; ``--preset-steps N`` overrides both) and includes its
+inversion. Every entry is the best of ``--repeats`` runs.
 """
 
 import argparse
@@ -65,8 +67,11 @@ class Tok:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--full", action="store_true")
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=50, help="steps of the plain DDIM baseline")
+    ap.add_argument("--preset-steps", type=int, default=0,
+                    help="override every preset's step count (0 = each preset's own: paper 50, fast 30)")
     ap.add_argument("--presets", default="fast,paper")
+    ap.add_argument("--repeats", type=int, default=3, help="best of this many runs per entry")
     args = ap.parse_args()
     load_pack()
     from contextedit.nodes.mag_edit.denoiser import DiffusersDenoiser
@@ -94,7 +99,7 @@ def main():
         if device == "cuda":
             torch.cuda.synchronize()
 
-    def plain():
+    def plain():  # CFG-guided DDIM from noise, the UNet's own attention processors
         sig = ddim_schedule(den.sigma_table, args.steps)
         z = x0 * float(sig[0])
         with torch.no_grad():
@@ -113,22 +118,31 @@ def main():
         peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else float("nan")
         return time.perf_counter() - t, peak
 
-    plain()  # warm-up
-    results = {"plain DDIM": timed(plain)}
+    jobs = {"plain DDIM": plain}
     for name in args.presets.split(","):
-        cfg = preset(name, steps=args.steps)
+        cfg = preset(name, **({"steps": args.preset_steps} if args.preset_steps else {}))
+        jobs[f"{name} ({cfg.steps} steps)"] = (lambda c: lambda: mag_edit(den, x0, mask, prompts, c))(cfg)
         den.calls = 0
-        results[name] = timed(lambda: mag_edit(den, x0, mask, prompts, cfg))
-        print(f"{name}: {den.calls} UNet calls")
-    print(f"device={device} model={'SD1.5-size 512px' if args.full else 'tiny 128px'} steps={args.steps}")
+        jobs[f"{name} ({cfg.steps} steps)"]()  # warm-up, and the call count
+        print(f"{name} ({cfg.steps} steps): {den.calls} UNet calls, {cfg.step_counts()['optimize']} optimised "
+              f"steps x <= {cfg.iterations} iterations")
+    plain()  # warm-up
+    runs = {k: [] for k in jobs}
+    for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits every entry
+        for k, fn in jobs.items():
+            runs[k].append(timed(fn))
+    results = {k: (min(r[0] for r in v), max(r[1] for r in v)) for k, v in runs.items()}
+    print(f"device={device} model={'SD1.5-size 512px' if args.full else 'tiny 128px'} "
+          f"threads={torch.get_num_threads()} best of {args.repeats}")
     for k, (s, peak) in results.items():
         mem = f"peak {peak:.2f} GiB" if peak == peak else "peak GPU memory n/a on CPU"
-        print(f"  {k:12s} {s:8.2f} s   {mem}")
+        print(f"  {k:22s} {s:8.2f} s   {mem}")
     base = results["plain DDIM"][0]
-    if "fast" in results:
-        print(f"  fast / plain DDIM = {results['fast'][0] / base:.2f}")
-    if "fast" in results and "paper" in results:
-        print(f"  paper / fast      = {results['paper'][0] / results['fast'][0]:.2f}")
+    times = {k.split(" ")[0]: v[0] for k, v in results.items()}
+    if "fast" in times:
+        print(f"  fast / plain {args.steps}-step DDIM = {times['fast'] / base:.2f}")
+    if "fast" in times and "paper" in times:
+        print(f"  paper / fast = {times['paper'] / times['fast']:.2f}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 import pytest
 import torch
 
+from contextedit.attention_patches.injection import SourceAttentionStore, SourceRecorder
 from contextedit.nodes.mag_edit.denoiser import DiffusersDenoiser, nearest_timestep
-from contextedit.nodes.mag_edit.inversion import (CaptureSpec, cfg_eps, ddim_schedule, invert, replay_source)
-from fixtures.tiny_mag import TableEncoder, WordTokenizer, sd_alphas_cumprod, sd_like_unet
+from contextedit.nodes.mag_edit.inversion import (CaptureSpec, cfg_eps, ddim_invert, ddim_schedule, invert,
+                                                  replay_source)
+from fixtures.tiny_mag import GaussianDataDenoiser, TableEncoder, WordTokenizer, sd_alphas_cumprod, sd_like_unet
 
 STEPS = 8
 
@@ -47,25 +49,61 @@ def test_denoiser_matches_the_unet_in_vp_form(setup):
 
 
 def test_direct_inversion_reconstructs_exactly(setup):
+    """fp32 throughout. The source branch MAG-Edit runs next to the edit is the kept trajectory:
+    it ends on the source latent exactly, and each of its guided steps, recomputed on its own
+    (outside the fused inversion call), plus its offset lands on z*_{i+1}."""
     den, cond, uncond, x0 = setup
     sigmas = ddim_schedule(den.sigma_table, STEPS)
     src = invert(den, x0, cond, uncond, sigmas, "direct", 7.5)
+    assert src.latents[-1].dtype == torch.float32
+    assert float((src.latents[-1] - x0).abs().max()) <= 1e-4
     assert torch.equal(src.latents[-1], x0)
-    # each guided step of the source branch plus its offset lands on z* (fp32 rounding only)
+    assert all(torch.equal(a, b) for a, b in zip(src.latents, src.inverted))
     with torch.no_grad():
         for i in range(STEPS):
             eps = cfg_eps(den, src.inverted[i], float(sigmas[i]), cond, uncond, 7.5)
             nxt = src.inverted[i] + (float(sigmas[i + 1]) - float(sigmas[i])) * eps + src.offsets[i]
             assert float((nxt - src.inverted[i + 1]).abs().max()) <= 1e-5
-    # the free-running source branch: a random tiny UNet under CFG 7.5 amplifies fp32 rounding
-    # step after step, so the end-to-end check runs in float64
+    # the fused pass inverts as plain DDIM inversion does (one call per step, guidance 1)
+    for a, b in zip(src.inverted, ddim_invert(den, x0, sigmas, cond)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    ddim = invert(den, x0, cond, uncond, sigmas, "ddim", 7.5)
+    assert float((ddim.latents[-1] - x0).abs().max()) > 1e-2  # what direct inversion fixes
+
+
+@pytest.mark.parametrize("guidance", [1.0, 7.5])
+def test_direct_inversion_free_running_replay_in_fp32(guidance):
+    """The source branch run live from z*_0 with the offsets (as PnP-Inversion runs it) comes back
+    to the source within 1e-4 in fp32 after 50 steps, on a denoiser whose flow is contractive as a
+    trained model's is (fixtures.tiny_mag.GaussianDataDenoiser)."""
+    den = GaussianDataDenoiser()
+    tok = WordTokenizer()
+    enc = TableEncoder(tok)
+    cond, uncond = enc("a white cat on a table"), enc("")
+    x0 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    sigmas = ddim_schedule(den.sigma_table, 50)
+    src = invert(den, x0, cond, uncond, sigmas, "direct", guidance)
+    rec = replay_source(den, src, cond)
+    assert rec.dtype == torch.float32
+    assert float((rec - x0).abs().max()) <= 1e-4
+    # without the offsets the same walk misses the source (so the check above can fail)
+    plain = invert(den, x0, cond, uncond, sigmas, "ddim", guidance)
+    assert float((plain.latents[-1] - x0).abs().max()) > 1e-3
+
+
+def test_direct_inversion_replay_on_the_tiny_unet(setup):
+    """On the random tiny UNet: guidance 1 replays within 1e-4 in fp32 (20 steps). Under CFG 7.5 a
+    random UNet's flow amplifies fp32 rounding step after step (about 3e-4 after 8 steps, 0.8 after
+    50), so that replay is checked in float64, where rounding is 1e-16."""
+    den, cond, uncond, x0 = setup
+    sigmas = ddim_schedule(den.sigma_table, 20)
+    src = invert(den, x0, cond, uncond, sigmas, "direct", 1.0)
+    assert float((replay_source(den, src, cond) - x0).abs().max()) <= 1e-4
     den64 = DiffusersDenoiser(sd_like_unet().double(), sd_alphas_cumprod())
     x64, c64, u64 = x0.double(), cond.double(), uncond.double()
+    sigmas = ddim_schedule(den.sigma_table, STEPS)
     src64 = invert(den64, x64, c64, u64, sigmas, "direct", 7.5)
-    rec = replay_source(den64, src64, c64)
-    assert float((rec - x64).abs().max()) <= 1e-4
-    ddim = invert(den64, x64, c64, u64, sigmas, "ddim", 7.5)
-    assert float((ddim.latents[-1] - x64).abs().max()) > 1e-2  # what direct inversion fixes
+    assert float((replay_source(den64, src64, c64) - x64).abs().max()) <= 1e-4
 
 
 def test_null_text_beats_ddim_and_keeps_its_embeddings(setup):
@@ -94,3 +132,15 @@ def test_source_attention_is_kept_in_the_windows_and_layers_asked(setup):
     assert not any(p.startswith(("down_blocks.0", "up_blocks.3")) for p in src.store.self_attn[0])
     for q, k in src.store.self_attn[0].values():
         assert q.shape[0] == 1 and q.shape[1] in (4, 16, 64)
+    # the fused pass records the source chunk (z*_i at sigma_i, guided), not the inversion chunk
+    # that shares its UNet call (z*_i at sigma_{i-1}): a separate recording of step 1 agrees
+    store = SourceAttentionStore()
+    rec = SourceRecorder(store)
+    rec.step = 1
+    with torch.no_grad():
+        cfg_eps(den, src.inverted[1], float(sigmas[1]), cond, uncond, 7.5, controller=rec)
+    for table, kept in ((store.cross[1], src.store.cross[1]), (store.self_attn[1], src.store.self_attn[1])):
+        assert kept.keys() == table.keys()
+        for place, (q, k) in table.items():
+            torch.testing.assert_close(kept[place][0], q, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(kept[place][1], k, atol=1e-5, rtol=1e-4)

@@ -26,7 +26,6 @@ import contextlib
 
 import torch
 
-from ...attention_patches.controller import AttentionController
 from ...attention_patches.diffusers_adapter import DiffusersHost
 
 
@@ -80,11 +79,12 @@ class DiffusersDenoiser:
         if concat is not None:
             x_in = torch.cat([x_in, concat.to(x_in)], dim=1)
         branches = list(branches) if branches is not None else [0]
-        host = DiffusersHost(self.unet, branches=branches, sigma=s)
         dtype = next(self.unet.parameters()).dtype
         use_autocast = self.autocast_dtype is not None and x.device.type == "cuda"
         self.calls += 1
-        with host.attach(controller or AttentionController()):
+        # without a controller the UNet runs with its own attention processors, untouched
+        host = DiffusersHost(self.unet, branches=branches, sigma=s)
+        with host.attach(controller) if controller is not None else contextlib.nullcontext():
             with torch.autocast("cuda", dtype=self.autocast_dtype, enabled=use_autocast):
                 out = self.unet(x_in.to(dtype), t.to(x.device),
                                 encoder_hidden_states=context.to(x.device, dtype)).sample

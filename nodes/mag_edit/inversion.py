@@ -28,6 +28,9 @@ from ...attention_patches.controller import LayerSelector
 from ...attention_patches.injection import SourceAttentionStore, SourceRecorder
 
 METHODS = ("direct", "null-text", "ddim")
+# cond_or_uncond id of the inversion chunk when it shares a UNet call with the source branch
+# (ComfyUI numbers conditionings past the negative from 2; recorders and injections act on 0)
+INVERSION_BRANCH = 2
 
 
 def ddim_schedule(sigma_table: torch.Tensor, steps: int) -> torch.Tensor:
@@ -121,11 +124,16 @@ def invert(denoiser, x0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
     """Invert ``x0`` (sigma-parameterised latent, [B, C, h, w]) under ``cond``; see module doc."""
     if method not in METHODS:
         raise ValueError(f"unknown inversion method {method!r}; expected one of {METHODS}")
-    n = len(sigmas) - 1
     store = SourceAttentionStore(dtype=capture.store_dtype if capture else None)
-    inverted = ddim_invert(denoiser, x0, sigmas, cond, concat=concat, progress=progress)
-    latents, unconds, offsets, nti_iters = [inverted[0]], [], [] if method == "direct" else None, []
+    if method == "direct":
+        inverted, offsets = _direct_inversion(denoiser, x0, sigmas, cond, uncond, guidance, capture, store, concat,
+                                              progress)
+        return SourceBranch(method, sigmas, inverted, list(inverted), [uncond] * (len(sigmas) - 1), guidance,
+                            offsets, store)
 
+    n = len(sigmas) - 1
+    inverted = ddim_invert(denoiser, x0, sigmas, cond, concat=concat, progress=progress)
+    latents, unconds, nti_iters = [inverted[0]], [], []
     z = inverted[0]
     null = uncond.detach().clone()
     for i in range(n):
@@ -136,19 +144,55 @@ def invert(denoiser, x0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
             nti_iters.append(used)
         unconds.append(null.detach().clone() if method == "null-text" else uncond)
         with torch.no_grad():
-            if method == "direct":
-                z = inverted[i]
             eps = cfg_eps(denoiser, z, s_cur, cond, unconds[-1], guidance, controller=_recorder(capture, store, i),
                           concat=concat)
-            z_next = z + (s_next - s_cur) * eps
-            if method == "direct":
-                offsets.append(inverted[i + 1] - z_next)
-                z_next = inverted[i + 1]
-        z = z_next
+            z = z + (s_next - s_cur) * eps
         latents.append(z)
         if progress:
             progress()
-    return SourceBranch(method, sigmas, inverted, latents, unconds, guidance, offsets, store, nti_iters)
+    return SourceBranch(method, sigmas, inverted, latents, unconds, guidance, None, store, nti_iters)
+
+
+def _direct_inversion(denoiser, x0, sigmas, cond, uncond, guidance, capture, store, concat, progress):
+    """DDIM inversion and the source branch's guided steps in one pass.
+
+    The source branch of direct inversion sits on z*_i at every step, so its guided forward at
+    step i needs only z*_i: it rides in the same UNet call as the inversion forward that starts
+    from z*_i (a batch [inversion chunk at sigma_{i-1} | uncond, cond at sigma_i], per-sample
+    sigmas), and its attention is recorded there. N + 1 calls instead of 2N.
+    Returns (inverted latents in sampling order, offsets)."""
+    n = len(sigmas) - 1
+    b = x0.shape[0]
+    latents = {n: x0}
+    offsets = [None] * n
+    z = x0
+    cond_b, uncond_b = cond.expand(b, -1, -1), uncond.expand(b, -1, -1)
+    with torch.no_grad():
+        for j in range(n, -1, -1):          # z = z*_j
+            xs, ss, ctx, branches = [], [], [], []
+            if j > 0:                        # inversion: z*_j -> z*_{j-1}, eps at the noisier sigma (P2P)
+                xs.append(z), ss.append(float(sigmas[j - 1])), ctx.append(cond_b), branches.append(INVERSION_BRANCH)
+            if j < n:                        # the source branch's step j, guided, at z*_j
+                pairs = [(cond_b, 0)] if guidance == 1.0 else [(uncond_b, 1), (cond_b, 0)]
+                for c, br in pairs:
+                    xs.append(z), ss.append(float(sigmas[j])), ctx.append(c), branches.append(br)
+            sig = torch.tensor(ss, dtype=torch.float32, device=z.device).repeat_interleave(b)
+            cc = torch.cat([concat] * len(xs)) if concat is not None else None
+            eps = denoiser(torch.cat(xs), sig, torch.cat(ctx), concat=cc,
+                           controller=_recorder(capture, store, j) if j < n else None, branches=branches)
+            chunks = list(eps.split(b))
+            if j < n:
+                src = chunks[-1] if guidance == 1.0 else chunks[-2] + guidance * (chunks[-1] - chunks[-2])
+                y = z + (float(sigmas[j + 1]) - float(sigmas[j])) * src
+                offsets[j] = latents[j + 1] - y
+                if progress:
+                    progress()
+            if j > 0:
+                z = z + (float(sigmas[j - 1]) - float(sigmas[j])) * chunks[0]
+                latents[j - 1] = z
+                if progress:
+                    progress()
+    return [latents[i] for i in range(n + 1)], offsets
 
 
 def _optimise_null(denoiser, z, s_cur, s_next, cond, null, target, guidance, i, concat, iterations, lr, epsilon):

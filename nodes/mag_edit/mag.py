@@ -74,8 +74,13 @@ class MagConfig:
 
 
 PRESETS = {
+    # MAG-Edit's published settings (notes/algorithms.md section 1)
     "paper": MagConfig(),
-    "fast": MagConfig(inversion="direct", optimize_fraction=0.2, iterations=4, ratio_target=0.8,
+    # notes/algorithms.md (c): direct inversion with the source branch kept (no live reconstruction),
+    # 30 DDIM steps with the same fractional windows, the first third (10 steps) optimised with
+    # <= 4 iterations and an early stop at 80 % token ratio, the UNet truncated after the last
+    # loss layer, bf16 on CUDA
+    "fast": MagConfig(steps=30, inversion="direct", optimize_fraction=1 / 3, iterations=4, ratio_target=0.8,
                       truncate_forward=True, precision="auto", store_dtype=None),
 }
 

@@ -104,7 +104,7 @@ def attention_image(before, after, out_h, out_w):
 def build_config(preset_name, steps, iterations=-1, scale=-1.0, optimize_until=-1.0, blend_from=-1.0,
                  guidance=-1.0, ratio_target=-1.0):
     """The preset with every knob >= 0 overriding it."""
-    overrides = {"steps": int(steps)}
+    overrides = {"steps": int(steps)} if int(steps) > 0 else {}
     if iterations >= 0:
         overrides["iterations"] = int(iterations)
     if scale >= 0:
@@ -148,13 +148,13 @@ class MagEdit(io.ComfyNode):
                 io.Latent.Input("latent", tooltip="The source image's latent (VAE Encode with the same checkpoint's VAE)."),
                 io.Mask.Input("mask", tooltip="Region to edit (white). The source image's size or any size with its aspect ratio; it is resized to the latent (8x8 pixel cells)."),
                 io.Combo.Input("preset", options=list(PRESETS), default="fast",
-                               tooltip="paper: the paper's settings (null-text inversion, 15 iterations on half of the steps; slow). fast: direct inversion, 4 iterations on the first 20% of the steps, early stop once the edit words hold 80% of the attention."),
+                               tooltip="paper: the paper's settings (50 steps, null-text inversion, 15 iterations on the first half of the steps; slow). fast: 30 steps, direct inversion, up to 4 iterations on the first third of the steps, stopping early once the edit words hold 80% of the attention in the mask."),
                 io.String.Input("edit_words", default="",
                                 tooltip="Words of the target prompt whose attention is raised inside the mask, separated by ','. Empty = the words the target prompt adds to the source prompt."),
                 io.String.Input("negative_words", default="",
                                 tooltip="Optional words whose attention is pushed down inside the mask (e.g. the source object's colour), separated by ','."),
-                io.Int.Input("steps", default=50, min=2, max=MAX_STEPS,
-                             tooltip="DDIM steps for the inversion and the edit (the paper uses 50)."),
+                io.Int.Input("steps", default=0, min=0, max=MAX_STEPS,
+                             tooltip="DDIM steps for the inversion and the edit; 0 = the preset's (paper 50, fast 30). The other windows are fractions of this count."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip="Not used by the edit, which is deterministic (inversion, no random noise); change it only to force a re-run."),
                 io.Int.Input("iterations", default=-1, min=-1, max=100, optional=True,
@@ -162,7 +162,7 @@ class MagEdit(io.ComfyNode):
                 io.Float.Input("scale", default=-1.0, min=-1.0, max=100.0, step=0.1, optional=True,
                                tooltip="Step size of the latent update (scale * sigma * gradient); -1 = the preset's (2.5). Larger = stronger, riskier edits."),
                 io.Float.Input("optimize_until", default=-1.0, min=-1.0, max=1.0, step=0.01, optional=True,
-                               tooltip="Fraction of the steps (from the start) that are optimised; -1 = the preset's (paper 0.5, fast 0.2)."),
+                               tooltip="Fraction of the steps (from the start) that are optimised; -1 = the preset's (paper 0.5, fast 1/3)."),
                 io.Float.Input("blend_from", default=-1.0, min=-1.0, max=1.0, step=0.01, optional=True,
                                tooltip="From this fraction of the steps on, everything outside the mask is taken from the reconstruction; -1 = the preset's (0.7). 1 = never blend."),
                 io.Float.Input("guidance", default=-1.0, min=-1.0, max=30.0, step=0.1, optional=True,
@@ -193,8 +193,9 @@ class MagEdit(io.ComfyNode):
             raise InputError("clip", "is not a CLIP.", "Connect the CLIP output of the same checkpoint loader.")
         samples_in = check_latent(latent)
         mask_lat = mask_for_latent(mask, tuple(samples_in.shape))
-        if not 2 <= int(steps) <= MAX_STEPS:
-            raise InputError("steps", f"{steps} is outside 2..{MAX_STEPS}.", "Use 50 (paper) or fewer for speed.")
+        if int(steps) != 0 and not 2 <= int(steps) <= MAX_STEPS:
+            raise InputError("steps", f"{steps} is outside 2..{MAX_STEPS}.",
+                             "Use 0 for the preset's count (paper 50, fast 30), or 2 to 200.")
         config = build_config(preset, steps, iterations, scale, optimize_until, blend_from, guidance, ratio_target)
         prompts = prepare_prompts(clip_tokenizer(clip), clip_encoder(clip), source_prompt, target_prompt,
                                   edit_words, negative_words)

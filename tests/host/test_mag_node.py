@@ -133,13 +133,15 @@ def bad(case, sd15, ip2p_model):
         kw["guidance"] = 0.5
     elif case == "preset":
         kw["preset"] = "slowest"
+    elif case == "steps":
+        kw["steps"] = 1
     return model, clip, latent, mask, kw
 
 
 BAD = {"mask_shape": "mask", "mask_empty": "mask", "mask_count": "mask", "edit_word_absent": "edit_words",
        "source_empty": "source_prompt", "target_empty": "target_prompt", "no_new_word": "target_prompt",
        "not_a_model": "model", "ip2p_model": "model", "latent": "latent", "guidance": "guidance",
-       "preset": "preset"}
+       "preset": "preset", "steps": "steps"}
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -150,6 +152,13 @@ def test_bad_inputs_name_the_input(comfyui_root, tiny_checkpoints, sd15, node, c
     with pytest.raises(errors.InputError) as err:
         run(node, model, clip, latent, mask, **kw)
     assert err.value.input_name == BAD[case], str(err.value)
+
+
+def test_steps_zero_means_the_presets_count(node):
+    assert node.build_config("fast", 0).steps == 30
+    assert node.build_config("paper", 0).steps == 50
+    cfg = node.build_config("fast", 12, optimize_until=0.5)
+    assert cfg.steps == 12 and cfg.step_counts()["optimize"] == 6 and cfg.inversion == "direct"
 
 
 @pytest.fixture
