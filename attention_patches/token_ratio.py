@@ -96,9 +96,9 @@ def spatial_ratio(probs: torch.Tensor, mask: torch.Tensor, positions: Sequence[i
 RATIOS = {"token": token_ratio, "spatial": spatial_ratio}
 
 
-def mean_ratio(records, mask: torch.Tensor, words: Sequence[Sequence[int]], branch: int = 0,
-               kind: str = "token") -> torch.Tensor:
-    """act averaged over heads, layers and words: [B]. (The loss uses :func:`ratio_loss`.)"""
+def layer_ratios(records, mask: torch.Tensor, words: Sequence[Sequence[int]], branch: int = 0,
+                 kind: str = "token"):
+    """act per recorded layer and word, [B, H] each, for the chunk of ``branch``."""
     fn = RATIOS[kind]
     acts = []
     for rec in records:
@@ -106,28 +106,23 @@ def mean_ratio(records, mask: torch.Tensor, words: Sequence[Sequence[int]], bran
             continue
         probs = rec.chunk(branch)
         m = mask_on_grid(mask, rec.height, rec.width).to(probs.device)
-        for positions in words:
-            acts.append(fn(probs, m, positions).mean(dim=1))
+        acts += [fn(probs, m, positions) for positions in words]
     if not acts:
         raise RuntimeError("no cross-attention layer was recorded for the ratio")
-    return torch.stack(acts).mean(dim=0)
+    return acts
+
+
+def mean_ratio(records, mask: torch.Tensor, words: Sequence[Sequence[int]], branch: int = 0,
+               kind: str = "token") -> torch.Tensor:
+    """act averaged over heads, layers and words: [B]. (The loss uses :func:`ratio_loss`.)"""
+    return torch.stack([a.mean(dim=1) for a in layer_ratios(records, mask, words, branch, kind)]).mean(dim=0)
 
 
 def ratio_loss(records, mask: torch.Tensor, words: Sequence[Sequence[int]], branch: int = 0,
                kind: str = "token") -> torch.Tensor:
     """(1/(L*W)) sum_words sum_layers mean_heads (1 - act)^2, per sample: [B]."""
-    fn = RATIOS[kind]
-    terms = []
-    for rec in records:
-        if branch not in rec.branches:
-            continue
-        probs = rec.chunk(branch)
-        m = mask_on_grid(mask, rec.height, rec.width).to(probs.device)
-        for positions in words:
-            terms.append(((1.0 - fn(probs, m, positions)) ** 2).mean(dim=1))
-    if not terms:
-        raise RuntimeError("no cross-attention layer was recorded for the loss")
-    return torch.stack(terms).mean(dim=0)
+    acts = layer_ratios(records, mask, words, branch, kind)
+    return torch.stack([((1.0 - a) ** 2).mean(dim=1) for a in acts]).mean(dim=0)
 
 
 def word_share_map(records, words: Sequence[Sequence[int]], branch: int = 0) -> torch.Tensor:

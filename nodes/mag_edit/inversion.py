@@ -49,16 +49,29 @@ def vp_scale(sigma) -> float:
     return float(1.0 / (1.0 + float(sigma) ** 2) ** 0.5)
 
 
-def cfg_eps(denoiser, x, sigma, cond, uncond, guidance: float, controller=None, concat=None):
-    """eps_u + w (eps_c - eps_u), the pair batched as [uncond, cond] (branches [1, 0])."""
+def guided_chunks(cond, uncond, guidance: float):
+    """[(context, branch id)] of one classifier-free-guided evaluation: [uncond, cond] (branches
+    [1, 0]), or [cond] alone at guidance 1. :func:`guide` combines their outputs."""
+    return [(cond, 0)] if guidance == 1.0 else [(uncond, 1), (cond, 0)]
+
+
+def guide(eps_chunks, guidance: float):
+    """eps_u + w (eps_c - eps_u) from the outputs of :func:`guided_chunks`' chunks, in order."""
     if guidance == 1.0:
-        return denoiser(x, sigma, cond, concat=concat, controller=controller, branches=[0])
-    b = x.shape[0]
-    ctx = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)])
-    cc = torch.cat([concat, concat]) if concat is not None else None
-    eps = denoiser(torch.cat([x, x]), sigma, ctx, concat=cc, controller=controller, branches=[1, 0])
-    eps_u, eps_c = eps[:b], eps[b:]
+        return eps_chunks[0]
+    eps_u, eps_c = eps_chunks
     return eps_u + guidance * (eps_c - eps_u)
+
+
+def cfg_eps(denoiser, x, sigma, cond, uncond, guidance: float, controller=None, concat=None):
+    """The guided eps at (x, sigma): the chunks of :func:`guided_chunks` in one batched call."""
+    b = x.shape[0]
+    chunks = guided_chunks(cond, uncond, guidance)
+    ctx = torch.cat([c.expand(b, -1, -1) for c, _ in chunks])
+    cc = torch.cat([concat] * len(chunks)) if concat is not None else None
+    eps = denoiser(torch.cat([x] * len(chunks)), sigma, ctx, concat=cc, controller=controller,
+                   branches=[br for _, br in chunks])
+    return guide(list(eps.split(b)), guidance)
 
 
 @dataclass
@@ -166,29 +179,28 @@ def _direct_inversion(denoiser, x0, sigmas, cond, uncond, guidance, capture, sto
     latents = {n: x0}
     offsets = [None] * n
     z = x0
-    cond_b, uncond_b = cond.expand(b, -1, -1), uncond.expand(b, -1, -1)
     with torch.no_grad():
         for j in range(n, -1, -1):          # z = z*_j
-            xs, ss, ctx, branches = [], [], [], []
+            # (context, branch, sigma) per chunk: the inversion chunk first, then the source's
+            chunks = []
             if j > 0:                        # inversion: z*_j -> z*_{j-1}, eps at the noisier sigma (P2P)
-                xs.append(z), ss.append(float(sigmas[j - 1])), ctx.append(cond_b), branches.append(INVERSION_BRANCH)
+                chunks.append((cond, INVERSION_BRANCH, float(sigmas[j - 1])))
             if j < n:                        # the source branch's step j, guided, at z*_j
-                pairs = [(cond_b, 0)] if guidance == 1.0 else [(uncond_b, 1), (cond_b, 0)]
-                for c, br in pairs:
-                    xs.append(z), ss.append(float(sigmas[j])), ctx.append(c), branches.append(br)
-            sig = torch.tensor(ss, dtype=torch.float32, device=z.device).repeat_interleave(b)
-            cc = torch.cat([concat] * len(xs)) if concat is not None else None
-            eps = denoiser(torch.cat(xs), sig, torch.cat(ctx), concat=cc,
-                           controller=_recorder(capture, store, j) if j < n else None, branches=branches)
-            chunks = list(eps.split(b))
+                chunks += [(c, br, float(sigmas[j])) for c, br in guided_chunks(cond, uncond, guidance)]
+            sig = torch.tensor([s for _, _, s in chunks], dtype=torch.float32, device=z.device).repeat_interleave(b)
+            cc = torch.cat([concat] * len(chunks)) if concat is not None else None
+            eps = denoiser(torch.cat([z] * len(chunks)), sig, torch.cat([c.expand(b, -1, -1) for c, _, _ in chunks]),
+                           concat=cc, controller=_recorder(capture, store, j) if j < n else None,
+                           branches=[br for _, br, _ in chunks])
+            out = list(eps.split(b))
             if j < n:
-                src = chunks[-1] if guidance == 1.0 else chunks[-2] + guidance * (chunks[-1] - chunks[-2])
+                src = guide(out[1:] if j > 0 else out, guidance)
                 y = z + (float(sigmas[j + 1]) - float(sigmas[j])) * src
                 offsets[j] = latents[j + 1] - y
                 if progress:
                     progress()
             if j > 0:
-                z = z + (float(sigmas[j - 1]) - float(sigmas[j])) * chunks[0]
+                z = z + (float(sigmas[j - 1]) - float(sigmas[j])) * out[0]
                 latents[j - 1] = z
                 if progress:
                     progress()

@@ -103,7 +103,10 @@ def attention_image(before, after, out_h, out_w):
 
 def build_config(preset_name, steps, iterations=-1, scale=-1.0, optimize_until=-1.0, blend_from=-1.0,
                  guidance=-1.0, ratio_target=-1.0):
-    """The preset with every knob >= 0 overriding it."""
+    """The preset with every knob >= 0 overriding it (steps: 0 = the preset's count)."""
+    if int(steps) != 0 and not 2 <= int(steps) <= MAX_STEPS:
+        raise InputError("steps", f"{steps} is outside 2..{MAX_STEPS}.",
+                         "Use 0 for the preset's count (paper 50, fast 30), or 2 to 200.")
     overrides = {"steps": int(steps)} if int(steps) > 0 else {}
     if iterations >= 0:
         overrides["iterations"] = int(iterations)
@@ -193,9 +196,6 @@ class MagEdit(io.ComfyNode):
             raise InputError("clip", "is not a CLIP.", "Connect the CLIP output of the same checkpoint loader.")
         samples_in = check_latent(latent)
         mask_lat = mask_for_latent(mask, tuple(samples_in.shape))
-        if int(steps) != 0 and not 2 <= int(steps) <= MAX_STEPS:
-            raise InputError("steps", f"{steps} is outside 2..{MAX_STEPS}.",
-                             "Use 0 for the preset's count (paper 50, fast 30), or 2 to 200.")
         config = build_config(preset, steps, iterations, scale, optimize_until, blend_from, guidance, ratio_target)
         prompts = prepare_prompts(clip_tokenizer(clip), clip_encoder(clip), source_prompt, target_prompt,
                                   edit_words, negative_words)

@@ -155,6 +155,21 @@ class ClipVisionEncoder(nn.Module):
         return out.image_embeds, out.last_hidden_state[:, 1:]
 
 
+def _load_text_encoder(cls, model_cls, path, device, input_name, problem, fix):
+    """A frozen text encoder ``cls(model, tokenizer)`` from a local Hugging Face folder (no hub)."""
+    from transformers import AutoTokenizer
+
+    path = str(path)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise InputError(input_name, f"'{path}' {problem}", fix)
+    model = model_cls.from_pretrained(path, local_files_only=True, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    encoder = cls(model, tokenizer)
+    if device is not None:
+        encoder.to(device)
+    return encoder
+
+
 class ClipTextEncoder(nn.Module):
     """Frozen CLIP text tower with projection: list of strings -> T [B, projection_dim]."""
 
@@ -166,19 +181,12 @@ class ClipTextEncoder(nn.Module):
 
     @classmethod
     def load(cls, path, device=None, input_name: str = "clip_text") -> ClipTextEncoder:
-        from transformers import AutoTokenizer, CLIPTextModelWithProjection
+        from transformers import CLIPTextModelWithProjection
 
-        path = str(path)
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise InputError(input_name, f"'{path}' is not a Hugging Face folder (no config.json).",
-                             "Use a CLIP folder that holds the text tower and tokenizer "
-                             "(e.g. openai/clip-vit-large-patch14).")
-        model = CLIPTextModelWithProjection.from_pretrained(path, local_files_only=True, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        encoder = cls(model, tokenizer)
-        if device is not None:
-            encoder.to(device)
-        return encoder
+        return _load_text_encoder(cls, CLIPTextModelWithProjection, path, device, input_name,
+                                  "is not a Hugging Face folder (no config.json).",
+                                  "Use a CLIP folder that holds the text tower and tokenizer "
+                                  "(e.g. openai/clip-vit-large-patch14).")
 
     @property
     def device(self):
@@ -205,18 +213,11 @@ class T5InstructionEncoder(nn.Module):
 
     @classmethod
     def load(cls, path, device=None, input_name: str = "text_encoder") -> T5InstructionEncoder:
-        from transformers import AutoTokenizer, T5EncoderModel
+        from transformers import T5EncoderModel
 
-        path = str(path)
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise InputError(input_name, f"'{path}' is not a Hugging Face T5 folder (no config.json).",
-                             "Use a FLAN-T5 folder such as google/flan-t5-base.")
-        model = T5EncoderModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        encoder = cls(model, tokenizer)
-        if device is not None:
-            encoder.to(device)
-        return encoder
+        return _load_text_encoder(cls, T5EncoderModel, path, device, input_name,
+                                  "is not a Hugging Face T5 folder (no config.json).",
+                                  "Use a FLAN-T5 folder such as google/flan-t5-base.")
 
     @property
     def device(self):
