@@ -7,6 +7,7 @@ it as), so tests load it under a fixed name with importlib instead of relying on
 import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,19 @@ def _load_pack():
 _load_pack()
 # make tests/fixtures importable as "fixtures" from any test file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _keep_bytecode_out_of_comfyui():
+    """Never write into the ComfyUI tree: Python drops __pycache__ next to every module it imports
+    (as root, whatever the folder's permissions), so bytecode goes to a temp prefix instead, for
+    this process and the ComfyUI servers and tools the host tests start."""
+    if os.environ.get("COMFYUI_PATH") and not sys.pycache_prefix:
+        prefix = os.environ.get("PYTHONPYCACHEPREFIX") or tempfile.mkdtemp(prefix="contextedit-pycache-")
+        sys.pycache_prefix = prefix
+        os.environ["PYTHONPYCACHEPREFIX"] = prefix
+
+
+_keep_bytecode_out_of_comfyui()
 
 
 def comfyui_path():

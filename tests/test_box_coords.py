@@ -12,6 +12,10 @@ from contextedit.nodes.executability.box_coords import (
 
 
 def approx_box(box):
+    # Box conversion is a handful of float64 multiplications/divisions per coordinate (scale to the
+    # model's input, back to the source size): each rounds by <= 2**-53 ~ 1.1e-16 relative, so
+    # ~10 ops stay far below 1e-12 relative; abs=1e-12 covers coordinates that are exactly 0. A
+    # wrong convention is off by a factor (e.g. 1000/640), never by 1e-12.
     return pytest.approx(box, rel=1e-12, abs=1e-12)
 
 
@@ -52,6 +56,7 @@ def test_smart_resize_properties_on_many_sizes():
             # changes by at most those two steps (unless a side was forced up to one factor)
             if min(h, w) > 28:
                 bound = math.log1p(28 / (h - 28)) + math.log1p(28 / (w - 28))
+                # + 1e-12: two float64 logs of ratios (~1e-16 relative each) on a bound of order 0.1
                 assert abs(math.log(h / w) - math.log(height / width)) <= bound + 1e-12
 
 

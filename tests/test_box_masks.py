@@ -158,8 +158,10 @@ def reference_feather(mask: np.ndarray, pixels: int) -> np.ndarray:
 def test_gaussian_kernel_values():
     k = gaussian_kernel(1).double()
     e = math.exp(-4.5)  # sigma = 1/3: exp(-1 / (2/9))
+    # the kernel is computed in float32 (eps 1.19e-7) from 3 exp + 1 normalising sum: values <= 1,
+    # so a few ulps, < 1e-7 absolute; a wrong sigma moves the edge taps by ~1e-3 or more
     assert torch.allclose(k, torch.tensor([e, 1, e], dtype=torch.float64) / (1 + 2 * e),
-                          atol=1e-7)
+                          rtol=0, atol=1e-7)
     assert torch.equal(gaussian_kernel(0), torch.ones(1))
 
 
@@ -171,12 +173,18 @@ def test_feather_matches_direct_convolution(pixels):
     out = feather_mask(mask, pixels)
     assert out.shape == mask.shape
     expected = reference_feather(mask.numpy().astype(np.float64), pixels)
-    assert np.allclose(out.numpy(), expected, atol=1e-6)
+    # float32 separable convolution vs a float64 loop: each output sums (2p+1)**2 <= 49 products of
+    # values in [0, 1], so rounding stays below 49 * 1.19e-7 ~ 6e-6 worst case and ~1e-7 in practice;
+    # 1e-6 absolute (outputs are <= 1) is far below the 1/49 a misplaced tap would change
+    assert np.allclose(out.numpy(), expected, rtol=0, atol=1e-6)
 
 
 def test_feather_keeps_zero_exactly_and_ones_near_one():
     assert torch.count_nonzero(feather_mask(torch.zeros(5, 5), 3)) == 0
-    assert torch.allclose(feather_mask(torch.ones(5, 5), 3), torch.ones(5, 5), atol=1e-6)
+    # an all-ones mask convolved with a normalised kernel: 1 up to float32 rounding of the 7+7-tap
+    # separable sums (14 * 1.19e-7 ~ 1.7e-6 worst case); a kernel that leaks at the border shows as
+    # a drop of several percent
+    assert torch.allclose(feather_mask(torch.ones(5, 5), 3), torch.ones(5, 5), rtol=0, atol=2e-6)
     mask = grid([[0, 1], [0, 0]])
     assert torch.equal(feather_mask(mask, 0), mask)
 
@@ -240,6 +248,8 @@ def test_overlay_blends_each_mask_with_its_colour():
     c0 = torch.tensor(palette_color(0))
     c1 = torch.tensor(palette_color(1))
     assert out.shape == image.shape
+    # one float32 blend (a*x + (1-a)*c) of values in [0, 1]: within a few ulps (default allclose
+    # bounds, 1e-8 + 1e-5 relative, are ~100x that); a wrong colour or alpha is off by >= 0.05
     assert torch.allclose(out[:, 0, 0], 0.5 * 0.5 + 0.5 * c0)
     assert torch.allclose(out[:, 1, 2], 0.5 * 0.5 + 0.5 * c1)
     assert torch.equal(out[:, 0, 1], image[:, 0, 1])  # no mask: unchanged
@@ -253,6 +263,7 @@ def test_overlay_per_image_masks_and_alpha_channel():
     masks[1, 0] = 1
     out = overlay(image, masks, alpha=1.0)
     assert torch.equal(out[0], image[0])
+    # alpha 1: the colour itself, up to the float32 rounding of 1*c + 0*x (exact in practice)
     assert torch.allclose(out[1, ..., :3], torch.tensor(palette_color(0)).expand(2, 2, 3))
     assert torch.equal(out[..., 3], image[..., 3])
 

@@ -30,6 +30,9 @@ def parse(reply, instructions=INSTRUCTIONS, convention=RELATIVE_1000, size=SIZE,
 
 
 def approx_boxes(boxes):
+    # replies are parsed into float64 and rescaled by a few multiplications/divisions (~1e-16
+    # relative each); 1e-9 leaves room for decimal text like "0.1" and still fails on any wrong
+    # convention or rounding to integers (errors >= 0.5 px at these sizes)
     return [pytest.approx(list(b), rel=1e-9, abs=1e-9) for b in boxes]
 
 
