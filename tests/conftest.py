@@ -61,3 +61,10 @@ def generated_dir(tmp_path_factory):
         os.makedirs(root, exist_ok=True)
         return Path(root)
     return tmp_path_factory.mktemp("generated")
+
+
+def pytest_report_header(config):
+    root = comfyui_path()
+    if root is None:
+        return "comfyui: none (COMFYUI_PATH unset or not a checkout): host tests will be skipped"
+    return f"comfyui: {os.path.realpath(root)} (host tests run against this tree)"
