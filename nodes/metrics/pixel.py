@@ -7,7 +7,8 @@ PIE-Bench background metrics (``evaluation/matrics_calculator.py``) multiply **b
 ``1 - mask`` and then score the *whole* frame: the edited region is zero in both images, adds zero
 error, yet still counts in the mean. PSNR is therefore inflated (and MSE deflated) by
 ``10*log10(H*W / background_pixels)`` dB relative to the error of the background pixels alone, and
-SSIM is pulled towards 1 by the constant zero region. We keep this quirk in the ``*_bg`` metrics so
+SSIM is pulled towards 1 by the constant zero region. SSIM averages the map without its 5-pixel
+border, as the torchmetrics release PIE-Bench used did (see :func:`ssim`). We keep this quirk in the ``*_bg`` metrics so
 our numbers are comparable with the published tables, and report the background-only values too
 (:func:`psnr_background_only`, :func:`mse_background_only`: the mean over background pixels).
 """
@@ -40,11 +41,23 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(peak_signal_noise_ratio(a, b, data_range=1.0))
 
 
+SSIM_PAD = 5  # radius of the 11-tap Gaussian window (sigma 1.5, truncated at 3.5 sigma)
+
+
 def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
-    """torchmetrics SSIM, data_range=1, Gaussian window 11 / sigma 1.5 (its and PIE-Bench's defaults)."""
+    """torchmetrics SSIM (data_range=1, Gaussian window 11 / sigma 1.5), mean over the map without
+    its 5-pixel border.
+
+    PIE-Bench ran torchmetrics before 1.5, whose SSIM dropped the border of the reflect-padded map
+    before averaging (the same as scikit-image and the original MATLAB code); torchmetrics 1.5
+    (PR #2721, 2024) averages the padded border too, which moves values by ~1e-3. We take
+    torchmetrics' full SSIM map and crop it as the benchmark's version did."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    return float(structural_similarity_index_measure(a, b, data_range=1.0))
+    _, full = structural_similarity_index_measure(a, b, data_range=1.0, return_full_image=True)
+    if full.shape[-2] <= 2 * SSIM_PAD or full.shape[-1] <= 2 * SSIM_PAD:
+        raise ValueError(f"SSIM needs images larger than {2 * SSIM_PAD} x {2 * SSIM_PAD} pixels")
+    return float(full[..., SSIM_PAD:-SSIM_PAD, SSIM_PAD:-SSIM_PAD].mean())
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> float:
