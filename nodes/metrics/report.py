@@ -36,7 +36,7 @@ def to_json(results: dict) -> str:
         for metric in suite_metrics(suite):
             raw = values.get(metric.key, float("nan"))
             entries[metric.key] = {
-                "label": metric.label, "value": _json_number(raw), "reported": _json_number(reported(metric, raw)),
+                "label": metric.label, "value": json_number(raw), "reported": json_number(reported(metric, raw)),
                 "scale": metric.scale, "unit": metric.unit, "higher_is_better": metric.higher_is_better,
                 "references": REFERENCES.get(suite, {}).get(metric.key, {}),
             }
@@ -44,7 +44,7 @@ def to_json(results: dict) -> str:
     return json.dumps(payload, indent=2)
 
 
-def _json_number(value):
+def json_number(value):
     """JSON has no NaN / inf: NaN -> null, inf -> the string "inf"."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None

@@ -38,6 +38,7 @@ for ``pie``, ``emu`` and ``pixel`` (PIE-Bench requires equal sizes).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -222,3 +223,30 @@ def compute(suite: str, source, edited, models=None, *, mask=None, reference=Non
         out["l1"] = pixel.l1(pixel.unit_tensor(src), pixel.unit_tensor(edt))
         out["dino"] = dino.dino_similarity(models.get("dino_s16"), src, edt)
     return {m.key: out[m.key] for m in metrics}
+
+
+def mean_results(per_image: list) -> dict:
+    """Mean of each metric over a batch, skipping NaN (undefined) values; NaN when none is defined."""
+    out = {}
+    for key in per_image[0] if per_image else []:
+        values = [r[key] for r in per_image if not math.isnan(r[key])]
+        out[key] = float(np.mean(values)) if values else float("nan")
+    return out
+
+
+def compute_batch(suite: str, sources, editeds, models=None, *, masks=None, references=None,
+                  source_caption: str = "", target_caption: str = ""):
+    """Pairs i of a batch (a batch of 1 broadcasts); returns (mean, per-image list)."""
+    n = max(len(sources), len(editeds))
+    for name, batch in (("source", sources), ("edited", editeds), ("mask", masks), ("reference", references)):
+        if batch is not None and len(batch) not in (1, n):
+            raise InputError(name, f"has a batch of {len(batch)} but the other inputs have {n}.",
+                             "Give one item or as many as the edited batch.")
+
+    def pick(batch, i):
+        return None if batch is None else batch[i if len(batch) > 1 else 0]
+
+    per_image = [compute(suite, pick(sources, i), pick(editeds, i), models, mask=pick(masks, i),
+                         reference=pick(references, i), source_caption=source_caption,
+                         target_caption=target_caption) for i in range(n)]
+    return mean_results(per_image), per_image

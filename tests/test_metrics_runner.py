@@ -1,0 +1,81 @@
+"""Runner pieces that need no server: benchmark folder readers, workflow binding, resume bookkeeping,
+summary and plots. (End to end against a real ComfyUI: tests/host/test_metrics_runner.py.)"""
+
+import csv
+
+import numpy as np
+import pytest
+from fixtures.tiny_benchmarks import box, make_tiny_magicbrush, make_tiny_pie
+from PIL import Image
+
+from contextedit.nodes.metrics import runner
+from contextedit.nodes.metrics.datasets import Sample, detect_layout, load_magicbrush, load_pie, load_rgb, sample_mask
+
+
+def test_pie_layout_reads_prompts_types_and_rle_masks(tmp_path):
+    root = make_tiny_pie(tmp_path / "pie")
+    samples = load_pie(str(root))
+    assert detect_layout(str(root)) == "pie" and len(samples) == 3
+    s = samples[1]
+    assert s.source_prompt == "a cat on sofa number 1" and s.target_prompt == "a dog on sofa number 1"
+    assert s.edit_type == "1 change object" and s.instruction == "turn the cat into a dog"
+    mask = sample_mask(s, 64, 64)
+    expected = box(seed=1)
+    expected[0, :] = expected[-1, :] = expected[:, 0] = expected[:, -1] = 1  # PIE-Bench forces the border
+    np.testing.assert_array_equal(mask, expected)
+    assert load_rgb(s.image).shape == (64, 64, 3)
+
+
+def test_magicbrush_layout_turns_captions_and_transparent_masks(tmp_path):
+    root = make_tiny_magicbrush(tmp_path / "mb")
+    samples = load_magicbrush(str(root))
+    assert detect_layout(str(root)) == "magicbrush"
+    assert [s.id for s in samples] == ["101_1", "101_2", "202_1"]
+    second = samples[1]
+    assert second.image.endswith("101-output1.png")  # single-turn: the turn's ground-truth input
+    assert second.reference.endswith("101-output2.png") and second.edit_type == "turn 2"
+    assert second.target_prompt == "a green box number 2" and samples[0].source_prompt == "a photo number 101"
+    np.testing.assert_array_equal(sample_mask(second, 64, 64), box(seed=2))
+    # an opaque mask is read as grey > 127 = edit region
+    Image.fromarray((box(seed=1) * 255).astype(np.uint8)).save(second.mask_path)
+    np.testing.assert_array_equal(sample_mask(second, 64, 64), box(seed=1))
+
+
+def test_bind_writes_image_and_fields_without_touching_the_workflow():
+    workflow = {"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+                "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["3", 1]}}}
+    sample = Sample(id="7", image="a.png", edit_type="0 random", target_prompt="a dog")
+    graph = runner.bind(workflow, sample, {"image": "bench/7.png"}, "1", [runner.parse_set("2.text=target_prompt")])
+    assert graph["1"]["inputs"]["image"] == "bench/7.png" and graph["2"]["inputs"]["text"] == "a dog"
+    assert workflow["1"]["inputs"]["image"] == "x.png" and workflow["2"]["inputs"]["text"] == ""
+    with pytest.raises(ValueError, match="unknown field"):
+        runner.bind(workflow, sample, {"image": "i"}, "1", [("2", "text", "nope")])
+    with pytest.raises(ValueError, match="node 9"):
+        runner.bind(workflow, sample, {"image": "i"}, "1", [("9", "text", "id")])
+
+
+def test_read_done_ignores_a_half_written_row_and_refuses_other_metrics(tmp_path):
+    columns = runner.BASE_COLUMNS + runner.metric_columns(("pixel",))
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerow(["a", "t", "ok", "1.0", "images/a.png"] + ["1.0"] * (len(columns) - 5))
+    with open(path, "a") as handle:
+        handle.write("b,t,ok,0.5")  # a run killed mid-write
+    assert list(runner.read_done(str(path), columns)) == ["a"]
+    with pytest.raises(SystemExit, match="other metrics"):
+        runner.read_done(str(path), runner.BASE_COLUMNS + runner.metric_columns(("pie",)))
+
+
+def test_summary_groups_by_edit_type_and_draws_plots(tmp_path):
+    rows = [{"id": str(i), "edit_type": t, "pixel.psnr_bg": str(v), "pixel.ssim_bg": "0.5", "pixel.mse_bg": "0.01",
+             "pixel.psnr_bg_only": "nan", "pixel.l1": "0.1"}
+            for i, (t, v) in enumerate([("0 random", 20.0), ("0 random", 30.0), ("9 change style", 10.0)])]
+    text = runner.summarise(rows, ("pixel",), str(tmp_path), [{"id": "x", "error": "boom"}])
+    assert "| 0 random | 2 | 25.00 |" in text          # mean of 20 and 30
+    assert "| **all** | 3 | 20.00 |" in text
+    assert "| 0 random | 2 | 25.00 | 50.00 | 100.00 | n/a | 0.1000 |" in text  # SSIM x10^2, MSE x10^4
+    assert "- x: boom" in text
+    plot = Image.open(tmp_path / "plots" / "pixel_psnr_bg.png")
+    assert plot.size[0] > 100 and np.asarray(plot.convert("L")).std() > 0
