@@ -12,7 +12,10 @@ ViTs' head width).
   default), ImageNet-normalised; the keys of the last block's attention (layer 11 of 12), heads
   concatenated per token (CLS included), their cosine self-similarity matrix; the distance is the
   MSE between the two images' matrices. The whole images are compared (PIE-Bench's
-  ``structure_distance`` metric takes no mask).
+  ``structure_distance`` metric takes no mask). PIE-Bench images are square (224 x 224 after the
+  resize, so no position-embedding interpolation); for other aspect ratios timm interpolates the
+  position embeddings (DINO's own interpolation differs slightly) and the pixels past the last whole
+  patch are dropped, as DINO's strided patch convolution does.
 - **DINO similarity** (MagicBrush, ViT-S/16): ``Resize(256, bicubic)``, ``CenterCrop(224)``,
   ``ToTensor``, ImageNet normalisation; cosine of the CLS tokens after the final norm (the DINO
   hub model's output).
@@ -86,6 +89,10 @@ def structure_input(image_u8: np.ndarray) -> torch.Tensor:
 def last_block_keys(model, x: torch.Tensor) -> torch.Tensor:
     """Keys of the last block's attention, heads concatenated: [tokens, width] (DINO's qkv layout)."""
     captured = []
+    ph, pw = model.patch_embed.patch_size
+    # DINO's patch embedding is a stride-p convolution, which drops a remainder row/column of pixels;
+    # timm asserts divisibility instead, so drop the remainder here (same result)
+    x = x[..., : x.shape[-2] // ph * ph, : x.shape[-1] // pw * pw]
     handle = model.blocks[-1].attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
         model(x.to(_device(model)))
