@@ -334,3 +334,20 @@ def test_bad_inputs_name_the_input(models):
         suites.compute("nope", random_image(0), random_image(1))
     with pytest.raises(InputError, match="source"):
         suites.compute("pixel", np.zeros((4, 4, 5)), random_image(1))
+
+
+def test_non_square_images_and_other_sizes(models):
+    src, edited = random_image(90, 48, 64), random_image(91, 40, 50)  # edited is resized to the source
+    out = suites.compute("pie", src, edited, models, mask=box_mask(48, 64), target_caption=CAPTION_TGT)
+    assert all(math.isfinite(out[k]) for k in ("structure_distance", "psnr_bg", "lpips_bg", "clip_whole"))
+    assert out["structure_distance"] > 0
+
+
+def test_metrics_folder_is_registered_additively():
+    from types import SimpleNamespace
+
+    from contextedit.nodes.model_folders import register_model_folders
+
+    fp = SimpleNamespace(models_dir="/m", folder_names_and_paths={"metrics": (["/user/metrics"], set())})
+    register_model_folders(fp)
+    assert fp.folder_names_and_paths["metrics"][0] == ["/user/metrics", "/m/metrics"]
