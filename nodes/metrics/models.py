@@ -94,11 +94,17 @@ def _locate_optional(names, fp):
 
 
 class MetricModels:
-    """Lazily loaded metric networks. ``fp`` is ComfyUI's folder_paths (node) or folder_paths_for()."""
+    """Lazily loaded metric networks. ``fp`` is ComfyUI's folder_paths (node) or folder_paths_for().
 
-    def __init__(self, fp=None, device="cpu"):
+    ``manager(engine, module, network)``, when given, wraps a freshly loaded network (loaded on
+    ``device``, the offload device then) in an object whose ``load()`` puts it on the compute device
+    and returns the engine: the node passes ComfyUI's memory manager (nodes/managed.py), so the
+    networks are offloaded like every other model instead of staying on the GPU."""
+
+    def __init__(self, fp=None, device="cpu", manager=None):
         self.fp = fp
         self.device = device
+        self.manager = manager
 
     @classmethod
     def from_dirs(cls, dirs, device="cpu") -> "MetricModels":
@@ -111,6 +117,16 @@ class MetricModels:
         return _CACHE[key]
 
     def get(self, network: str):
+        engine = self._load(network)
+        if self.manager is None:
+            return engine
+        key = ("managed", id(engine))
+        if key not in _CACHE:
+            module = getattr(engine, "model", engine) if network.startswith("clip") else engine
+            _CACHE[key] = self.manager(engine, module, network)
+        return _CACHE[key].load()
+
+    def _load(self, network: str):
         path = locate(network, self.fp)
         if network in ("clip_l14", "clip_b32"):
             from .clip_sim import ClipModel

@@ -11,6 +11,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..errors import InputError
+from ..managed import ManagedModel, devices
 from .models import MetricModels
 from .report import json_number, plot_metrics, to_json, to_table
 from .suites import SUITES, compute_batch
@@ -70,7 +71,6 @@ class EditMetrics(io.ComfyNode):
     @classmethod
     def execute(cls, source, edited, metric_set, source_caption, target_caption, mask=None,
                 reference=None) -> io.NodeOutput:
-        import comfy.model_management as mm
         import folder_paths
 
         if metric_set not in SET_OPTIONS:
@@ -83,7 +83,9 @@ class EditMetrics(io.ComfyNode):
                 raise InputError("mask", "is not a MASK.", "Connect a MASK output.")
             m = mask.detach().float().cpu()
             masks = list((m.unsqueeze(0) if m.dim() == 2 else m).numpy())
-        models = MetricModels(folder_paths, device=mm.get_torch_device())
+        offload = devices()[1]
+        models = MetricModels(folder_paths, device=offload,
+                              manager=lambda engine, module, network: ManagedModel(engine, module, f"metrics:{network}"))
         means, per_image = {}, {}
         for suite in SET_OPTIONS[metric_set]:
             means[suite], per_image[suite] = compute_batch(
