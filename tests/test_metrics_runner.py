@@ -2,6 +2,7 @@
 summary and plots. (End to end against a real ComfyUI: tests/host/test_metrics_runner.py.)"""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -79,3 +80,101 @@ def test_summary_groups_by_edit_type_and_draws_plots(tmp_path):
     assert "- x: boom" in text
     plot = Image.open(tmp_path / "plots" / "pixel_psnr_bg.png")
     assert plot.size[0] > 100 and np.asarray(plot.convert("L")).std() > 0
+
+
+class FakeComfy:
+    """A stand-in ComfyUI HTTP API (upload, prompt, history, view, queue, interrupt) in a thread:
+    prompts whose image name contains ``hang`` never finish; others 'invert' their upload."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        fake = self
+        self.uploads, self.prompts, self.cancelled = {}, {}, []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code, body, kind="application/json"):
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path == "/upload/image":
+                    name = body.split(b'filename="')[1].split(b'"')[0].decode()
+                    fake.uploads[name] = body.split(b"\r\n\r\n", 4)[-1].rsplit(b"\r\n--", 1)[0]
+                    return self._send(200, {"name": name, "subfolder": "contextedit_bench", "type": "input"})
+                payload = json.loads(body)
+                if self.path == "/prompt":
+                    pid = f"p{len(fake.prompts)}"
+                    fake.prompts[pid] = payload["prompt"]
+                    return self._send(200, {"prompt_id": pid})
+                if self.path in ("/queue", "/interrupt"):
+                    fake.cancelled.append((self.path, payload))
+                    return self._send(200, {})
+                return self._send(404, {})
+
+            def do_GET(self):
+                if self.path.startswith("/history/"):
+                    pid = self.path.rsplit("/", 1)[1]
+                    image = fake.prompts[pid]["1"]["inputs"]["image"]
+                    if "hang" in image:
+                        return self._send(200, {})
+                    done = {"status": {"status_str": "success", "completed": True},
+                            "outputs": {"3": {"images": [{"filename": image.split("/")[-1], "subfolder": "",
+                                                          "type": "output"}]}}}
+                    return self._send(200, {pid: done})
+                if self.path.startswith("/view"):
+                    from urllib.parse import parse_qs, urlparse
+
+                    name = parse_qs(urlparse(self.path).query)["filename"][0]
+                    import io as _io
+
+                    src = np.asarray(Image.open(_io.BytesIO(fake.uploads[name])).convert("RGB"))
+                    buf = _io.BytesIO()
+                    Image.fromarray(255 - src).save(buf, format="PNG")
+                    return self._send(200, buf.getvalue(), "image/png")
+                return self._send(404, {})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_sample_past_its_timeout_is_cancelled_listed_and_the_run_goes_on(tmp_path):
+    data = make_tiny_pie(tmp_path / "pie")
+    mapping_path = data / "mapping_file.json"
+    mapping = json.loads(mapping_path.read_text())
+    hang_key = sorted(mapping)[1]
+    mapping["hang"] = mapping.pop(hang_key)  # its upload is named hang.png: the fake never finishes it
+    mapping_path.write_text(json.dumps(mapping))
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps({"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+                                    "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}))
+    fake = FakeComfy()
+    try:
+        code = runner.main(["--server", fake.url, "--workflow", str(workflow), "--data", str(data),
+                            "--out", str(tmp_path / "out"), "--metrics", "pixel", "--timeout", "1"])
+    finally:
+        fake.close()
+    assert code == 0
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["ran"] == 2 and run["failed"] == 1
+    assert run["failures"][0]["id"] == "hang" and "timed out after 1 s" in run["failures"][0]["error"]
+    hung = [pid for pid, g in fake.prompts.items() if "hang" in g["1"]["inputs"]["image"]]
+    assert ("/queue", {"delete": hung}) in fake.cancelled and ("/interrupt", {"prompt_id": hung[0]}) in fake.cancelled
+    with open(tmp_path / "out" / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["id"] for r in rows) == sorted(k for k in mapping if k != "hang")
