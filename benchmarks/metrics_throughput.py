@@ -26,10 +26,9 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_pack()
-    from fixtures.tiny_metrics import make_tiny_metric_models
-
     from contextedit.nodes.metrics.models import MetricModels
     from contextedit.nodes.metrics.suites import SUITES, compute
+    from fixtures.tiny_metrics import make_tiny_metric_models
 
     with tempfile.TemporaryDirectory() as tmp:
         models = MetricModels.from_dirs([make_tiny_metric_models(tmp)])
@@ -38,7 +37,7 @@ def main():
                   rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)) for _ in range(args.samples + 1)]
         mask = np.zeros((args.size, args.size), np.float32)
         mask[args.size // 4: args.size // 2, args.size // 4: 3 * args.size // 4] = 1
-        kw = dict(mask=mask, source_caption="a cat on the red sofa", target_caption="a dog on the red sofa")
+        kw = {"mask": mask, "source_caption": "a cat on the red sofa", "target_caption": "a dog on the red sofa"}
         print(f"CPU, {args.threads} thread(s), {args.size}x{args.size} images, {args.samples} samples, tiny networks")
         for suite in SUITES:
             compute(suite, *pairs[0], models, **kw)  # warm-up: load + cache networks

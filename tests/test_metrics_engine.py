@@ -10,13 +10,17 @@ import math
 import numpy as np
 import pytest
 import torch
-from fixtures.tiny_metrics import make_tiny_metric_models
-from PIL import Image
-
 from contextedit.nodes.errors import InputError, ModelNotFoundError
 from contextedit.nodes.metrics import suites
-from contextedit.nodes.metrics.models import MetricModels, clear_cache, locate, folder_paths_for
+from contextedit.nodes.metrics.models import (
+    MetricModels,
+    clear_cache,
+    folder_paths_for,
+    locate,
+)
 from contextedit.nodes.metrics.rle import rle_decode, rle_encode
+from fixtures.tiny_metrics import make_tiny_metric_models
+from PIL import Image
 
 CAPTION_SRC = "a cat on the red sofa"
 CAPTION_TGT = "a dog on the red sofa"

@@ -6,11 +6,17 @@ import json
 
 import numpy as np
 import pytest
+from contextedit.nodes.metrics import runner
+from contextedit.nodes.metrics.datasets import (
+    Sample,
+    detect_layout,
+    load_magicbrush,
+    load_pie,
+    load_rgb,
+    sample_mask,
+)
 from fixtures.tiny_benchmarks import box, make_tiny_magicbrush, make_tiny_pie
 from PIL import Image
-
-from contextedit.nodes.metrics import runner
-from contextedit.nodes.metrics.datasets import Sample, detect_layout, load_magicbrush, load_pie, load_rgb, sample_mask
 
 
 def test_pie_layout_reads_prompts_types_and_rle_masks(tmp_path):

@@ -44,7 +44,7 @@ class ClipModel:
         self.mean, self.std = tuple(mean), tuple(std)
 
     @classmethod
-    def load(cls, folder: str, device=None) -> "ClipModel":
+    def load(cls, folder: str, device=None) -> ClipModel:
         from transformers import AutoTokenizer, CLIPModel
 
         model = CLIPModel.from_pretrained(folder, local_files_only=True)

@@ -76,8 +76,8 @@ def _device(model):
 
 def structure_input(image_u8: np.ndarray) -> torch.Tensor:
     """PIE-Bench's ``global_transform`` on a 0..255 float image: [1, 3, h, w]."""
-    from torchvision.transforms import functional as TF
     from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
 
     x = torch.from_numpy(np.ascontiguousarray(image_u8).astype(np.float32)).permute(2, 0, 1)
     x = TF.resize(x, 224, interpolation=InterpolationMode.BILINEAR, max_size=480, antialias=False)

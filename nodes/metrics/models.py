@@ -107,7 +107,7 @@ class MetricModels:
         self.manager = manager
 
     @classmethod
-    def from_dirs(cls, dirs, device="cpu") -> "MetricModels":
+    def from_dirs(cls, dirs, device="cpu") -> MetricModels:
         return cls(folder_paths_for(dirs), device)
 
     def _cached(self, network, path, build):

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures.tiny_metrics import make_tiny_metric_models
-from PIL import Image
-
 from contextedit.nodes.metrics.models import MetricModels
 from contextedit.nodes.metrics.report import to_table
 from contextedit.nodes.metrics.suites import compute
+from fixtures.tiny_metrics import make_tiny_metric_models
+from PIL import Image
 
 SRC_CAPTION, TGT_CAPTION = "a cat on the red sofa", "a dog on the red sofa"
 

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures.tiny_benchmarks import make_tiny_magicbrush, make_tiny_pie
-from fixtures.tiny_metrics import make_tiny_metric_models
-
 from contextedit.nodes.metrics import runner
 from contextedit.nodes.metrics.datasets import load_rgb
+from fixtures.tiny_benchmarks import make_tiny_magicbrush, make_tiny_pie
+from fixtures.tiny_metrics import make_tiny_metric_models
 
 REPO = Path(__file__).resolve().parents[2]
 INVERT = {
