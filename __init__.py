@@ -17,6 +17,7 @@ NODE_MODULES = (
     (".nodes.attention.node", ("AttentionMask", "AttentionMap")),
     (".nodes.mag_edit.node", ("MagEdit",)),
     (".nodes.regions.node", ("LoadRegionPredictor", "PredictEditRegion")),
+    (".nodes.metrics.node", ("EditMetrics",)),
 )
 
 

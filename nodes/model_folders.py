@@ -37,8 +37,11 @@ MODEL_FOLDERS = {
                                "a CLIP vision model (e.g. clip_vit_large_patch14.safetensors)"),
     "text_encoders": ModelFolder("text_encoders", "file", WEIGHT_EXTENSIONS,
                                  "a text encoder (e.g. a FLAN-T5 folder or safetensors file)"),
+    "metrics": ModelFolder("metrics", "file", WEIGHT_EXTENSIONS,
+                           "an evaluation network for ContextEdit Edit Metrics (CLIP Hugging Face folders, "
+                           "DINO / SqueezeNet weights; see nodes/metrics/models.py)"),
 }
-OWN_FOLDERS = ("sams", "LLM", "contextedit")
+OWN_FOLDERS = ("sams", "LLM", "contextedit", "metrics")
 
 
 def _folder_paths(fp=None):
