@@ -74,7 +74,7 @@ def instructions_from(prompt: str, plan, masks: torch.Tensor) -> PromptSpec:
         if not keep:
             # nothing may be edited: an empty prompt everywhere (the image-only path)
             return PromptSpec("", [], masks[:0])
-        instructions = [items[i].instruction.strip() for i in keep]
+        instructions = [items[i].resolved.strip() for i in keep]
         text = prompt.strip() if prompt and prompt.strip() else join_instructions(instructions)
         return PromptSpec(text, instructions, masks[keep])
     if not prompt or not prompt.strip():

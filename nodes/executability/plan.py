@@ -13,10 +13,15 @@ Conventions
   usable box). A non-executable item ([NEG]) edits nothing, whatever boxes it carries.
 * For ``add`` items the box is where the new object should be placed.
 * ``image_size`` is ``(width, height)`` of the source image, or ``None`` when unknown.
+* ``instruction`` is the user's words, verbatim; ``resolved`` is the explicit instruction the
+  model resolved it into (InsightEdit's comprehension: "remove the thing that keeps food cold" ->
+  "remove the refrigerator"), equal to ``instruction`` when nothing needed resolving (and for
+  typed plans). The resolved text is what editing uses: the diffusion prompt, the token
+  broadcaster and the masks; the report shows both when they differ.
 * A batch of images travels between nodes as a plain ``list[EditPlan]``, one plan per image in
   batch order; :func:`plans_to_json` / :func:`plans_from_json` serialise such a list.
 
-JSON schema (version 1)::
+JSON schema (version 2; version 1 plans, which have no "resolved", still load)::
 
     {
       "schema": "contextedit.edit_plan",          # optional on input, must match if present
@@ -25,7 +30,8 @@ JSON schema (version 1)::
       "source_caption": str,                      # t_o
       "target_caption": str,                      # t_e
       "items": [                                  # required, one per instruction, in order
-        {"instruction": str,                      # required
+        {"instruction": str,                      # required: the user's words
+         "resolved": str,                         # v2, optional: the explicit instruction
          "executable": bool,                      # required
          "reason": str, "target": str,
          "boxes": [[x1, y1, x2, y2], ...],
@@ -48,12 +54,12 @@ from typing import Any, Optional, Sequence, Tuple
 from ..errors import InputError, PlanParseError
 
 SCHEMA_NAME = "contextedit.edit_plan"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EDIT_TYPES = ("add", "remove", "replace", "attribute", "style", "other")
 
 Box = Tuple[float, float, float, float]
 
-_ITEM_KEYS = ("instruction", "executable", "reason", "target", "boxes", "edit_type")
+_ITEM_KEYS = ("instruction", "resolved", "executable", "reason", "target", "boxes", "edit_type")
 _PLAN_KEYS = (
     "schema", "version", "image_size", "source_caption", "target_caption", "items", "raw_reply",
     "notes",
@@ -98,9 +104,13 @@ class EditItem:
     target: str = ""
     boxes: Tuple[Box, ...] = ()
     edit_type: str = "other"
+    resolved: str = ""  # "" -> the instruction itself (set in __post_init__)
 
     def __post_init__(self):
         _check_str(self.instruction, "instruction")
+        _check_str(self.resolved, "resolved")
+        if not self.resolved.strip():
+            object.__setattr__(self, "resolved", self.instruction)
         if not isinstance(self.executable, bool):
             raise PlanParseError(
                 f"must be true or false, got {self.executable!r}.", "executable"
@@ -121,9 +131,15 @@ class EditItem:
         """CAMILA's token for this item: ``[MASK]`` (edit it) or ``[NEG]`` (leave it)."""
         return "[MASK]" if self.executable else "[NEG]"
 
+    @property
+    def was_resolved(self) -> bool:
+        """True when the model rewrote the user's words into a different explicit instruction."""
+        return _canon(self.resolved) != _canon(self.instruction)
+
     def to_dict(self) -> dict:
         return {
             "instruction": self.instruction,
+            "resolved": self.resolved,
             "executable": self.executable,
             "reason": self.reason,
             "target": self.target,
@@ -148,6 +164,7 @@ class EditItem:
             raise PlanParseError("must be a list of boxes.", "boxes")
         return cls(
             instruction=data["instruction"],
+            resolved=data.get("resolved", ""),
             executable=data["executable"],
             reason=data.get("reason", ""),
             target=data.get("target", ""),
@@ -213,8 +230,8 @@ class EditPlan:
         return tuple(item for item in self.items if item.executable)
 
     def executable_instructions(self, separator: str = "\n") -> str:
-        """The executable instructions' verbatim text, joined (what an editor should run)."""
-        return separator.join(item.instruction for item in self.executable_items())
+        """The executable instructions' resolved text, joined (what an editor should run)."""
+        return separator.join(item.resolved for item in self.executable_items())
 
     # ---- JSON ----------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -297,7 +314,10 @@ class EditPlan:
         lines.append(f"Source caption: {self.source_caption or '(none)'}")
         lines.append(f"Target caption: {self.target_caption or '(none)'}")
         for number, item in enumerate(self.items, start=1):
-            lines.append(f"{number}. {item.token} {item.instruction}")
+            if item.was_resolved:
+                lines.append(f"{number}. {item.token} {item.instruction} -> {item.resolved}")
+            else:
+                lines.append(f"{number}. {item.token} {item.instruction}")
             lines.append(f"   type: {item.edit_type}; target: {item.target or '(none)'}")
             lines.append(f"   reason: {item.reason or '(no reason given)'}")
             if item.boxes:
@@ -317,6 +337,10 @@ class EditPlan:
             lines.append("Model reply:")
             lines.extend("   " + line for line in (reply.splitlines() or [""]))
         return "\n".join(lines)
+
+
+def _canon(text: str) -> str:
+    return " ".join(text.casefold().split()).strip(" .!")
 
 
 def _format_number(value: float) -> str:

@@ -1,7 +1,8 @@
 """The prompt that asks a vision-language model for an executability verdict per instruction.
 
 CAMILA trains a model to emit [MASK] / [NEG] per instruction; we ask an off-the-shelf VLM for the
-same decision as strict JSON, plus a box per executable instruction (notes/algorithms.md section
+same decision as strict JSON, with InsightEdit's comprehension step first (a reasoning
+instruction resolved into an explicit one, kept next to the user's words), plus a box per executable instruction (notes/algorithms.md section
 7: grounding replaces the untrained mask decoder) and the two captions t_o / t_e. The answer is
 read by reply_parser, which tolerates the ways models deviate from what we ask here.
 """
@@ -50,7 +51,10 @@ def build_prompt(instructions: Sequence[str], convention: str,
 Instructions:
 {numbered}
 
-For each instruction decide if it is executable on this image. It is NOT executable when the \
+Some instructions describe their object indirectly and need understanding (for example "remove \
+the thing that keeps food cold" means "remove the refrigerator"). For each instruction first \
+resolve it into an explicit instruction that names the object it acts on, using what the image \
+shows; when it is already explicit, repeat it unchanged. Then decide if it is executable on this image. It is NOT executable when the \
 object or region it refers to is not in the image (for example "remove the pancakes" when there \
 are no pancakes), when it contradicts what the image shows, or when it contradicts an earlier \
 instruction. For an executable instruction give the box of the region the edit changes; for an \
@@ -63,7 +67,8 @@ after it), exactly one entry per instruction, in the same order:
 {{"source_caption": "<one sentence describing the image as it is>",
  "edits": [
   {{"index": <the instruction's number>, "executable": true or false, \
-"reason": "<short reason>", "target": "<the object or region the edit acts on>", \
+"resolved": "<the explicit instruction>", "reason": "<short reason>", \
+"target": "<the object or region the edit acts on, as a short noun phrase>", \
 "box": [x1, y1, x2, y2] or null, "edit_type": {types}}}
  ],
  "target_caption": "<one sentence describing the image after every executable edit>"}}"""

@@ -3,7 +3,8 @@
 The model can say anything, so this module is written against the replies models really give:
 JSON in code fences or wrapped in prose, trailing commas, single quotes, Python literals, output
 cut off by the token limit, a bare list instead of ``{"edits": [...]}``, one object per line,
-Qwen2.5-VL grounding lists (``[{"bbox_2d": [...], "label": ...}]``), boxes as lists, nested lists,
+grounding in every syntax the supported families are trained to emit (:data:`GROUNDING_SYNTAXES`),
+boxes as lists, nested lists,
 dicts (``x1``.., ``xmin``.., ``left``.., ``x/y/w/h``) or strings, entries out of order, missing or
 renumbered, and a thinking model's ``<think>...</think>`` preamble.
 
@@ -23,6 +24,10 @@ Rules (they are what the tests check):
 * A grounding-only reply (entries with boxes but no index/instruction/executable) assigns each box
   to the instruction whose words contain its label (all to the instruction, if there is one);
   instructions with a box are executable, those without are not.
+* Each entry's ``resolved`` (the explicit instruction the model resolved a reasoning instruction
+  into) becomes the item's ``resolved``; without one the item's resolved text is the user's.
+* Boxes written in a tag syntax (Qwen2-VL's ``<|box_start|>``, Qwen-VL's ``<box>``) are 0-1000
+  relative whatever the family's JSON convention, as those models were trained to write them.
 * The plan keeps the raw reply and notes on everything the parser had to drop or guess.
 
 :func:`parse_reply` raises only the pack's own errors (PlanParseError for an unreadable reply,
@@ -36,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 from ..errors import InputError, PlanParseError
-from .box_coords import (ABSOLUTE, check_convention, check_size, model_input_size_for,
+from .box_coords import (ABSOLUTE, RELATIVE_1000, check_convention, check_size, model_input_size_for,
                          to_source_pixels)
 from .lenient_json import PartialDict, PartialList, find_values
 from .plan import EDIT_TYPES, EditItem, EditPlan
@@ -56,7 +61,11 @@ _TARGET_KEYS = ("target_caption", "t_e", "caption_target", "edited_caption", "ou
                 "target_description")
 _INDEX_KEYS = ("index", "idx", "instruction_index", "instruction_number", "number", "num", "id",
                "no", "i")
-_TEXT_KEYS = ("instruction", "instruction_text", "edit_instruction", "text")
+_TEXT_KEYS = ("instruction", "instruction_text", "edit_instruction", "text", "original_instruction",
+              "user_instruction")
+_RESOLVED_KEYS = ("resolved", "resolved_instruction", "explicit_instruction", "explicit",
+                  "rewritten_instruction", "rewritten", "clarified_instruction",
+                  "interpreted_instruction", "resolved_text")
 _EXEC_KEYS = ("executable", "is_executable", "executability", "feasible", "is_feasible",
               "can_execute", "can_be_executed", "token", "status", "decision", "verdict",
               "valid")
@@ -92,6 +101,23 @@ _BOX_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _NO_BOX_WORDS = {"", "none", "null", "n/a", "na", "-", "nil", "no box", "whole image",
                  "entire image", "full image", "the whole image", "the entire image"}
 _INDEX_TEXT = re.compile(r"^\s*#?\s*(\d{1,6})\s*[.):]?\s*$")
+
+# Grounding syntaxes, per family (their model cards and processors; tests/test_reply_parser.py
+# holds an example of each):
+#   Qwen-VL (v1)    <ref>a cat</ref><box>(x1,y1),(x2,y2)</box>                         0-1000
+#   Qwen2-VL        <|object_ref_start|>a cat<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>
+#                   (several boxes: <|box_start|>..<|box_end|><|box_start|>..<|box_end|>)  0-1000
+#   Qwen2.5-VL      ```json [{"bbox_2d": [x1, y1, x2, y2], "label": "a cat"}] ```     absolute
+#                   pixels of the smart-resized input
+#   Qwen3-VL        the same JSON as Qwen2.5-VL, but 0-1000 relative
+# The JSON forms go through the JSON reader with the family's convention (box_coords.family_of);
+# the tag forms are read here and are 0-1000 whatever the family.
+GROUNDING_SYNTAXES = ("qwen_vl_tags", "qwen2_vl_tags", "qwen25_vl_json", "qwen3_vl_json")
+_TAG_REF = r"(?:<\|object_ref_start\|>(?P<ref2>.*?)<\|object_ref_end\|>|<ref>(?P<ref1>.*?)</ref>)"
+_TAG_BOX = r"(?:<\|box_start\|>(?P<box2>.*?)<\|box_end\|>|<box>(?P<box1>.*?)</box>)"
+_TAG_BOX_RE = re.compile(_TAG_BOX, re.S)
+_TAG_RE = re.compile(r"(?:" + _TAG_REF + r"\s*)?(?P<boxes>(?:" + _TAG_BOX + r"\s*)+)", re.S)
+_TAG_MARK = re.compile(r"<\|box_start\|>|<box>")
 
 
 # ---- small value readers -------------------------------------------------------------------
@@ -256,6 +282,8 @@ class _Entry:
     bad_boxes: int
     edit_type: str
     grounding: bool
+    resolved: str = ""
+    convention: Optional[str] = None  # overrides the family's convention (tag syntaxes: 0-1000)
 
 
 def _entry(raw: dict, position: int) -> _Entry:
@@ -267,7 +295,9 @@ def _entry(raw: dict, position: int) -> _Entry:
     _, target = _first(entry, _TARGET_PHRASE_KEYS)
     _, box_value = _first(entry, _BOX_KEYS)
     _, edit_type = _first(entry, _TYPE_KEYS)
+    _, resolved = _first(entry, _RESOLVED_KEYS)
     boxes, bad = _raw_boxes(box_value)
+    tagged = isinstance(box_value, str) and _TAG_MARK.search(box_value) is not None
     index = _as_index(index) if has_index else None
     text = _as_text(text).strip() if has_text and isinstance(text, str) else None
     return _Entry(
@@ -281,14 +311,34 @@ def _entry(raw: dict, position: int) -> _Entry:
         bad_boxes=bad,
         edit_type=_as_edit_type(edit_type),
         grounding=not (has_index or has_text or has_exec),
+        resolved=_as_text(resolved).strip() if isinstance(resolved, str) else "",
+        convention=RELATIVE_1000 if tagged else None,
     )
+
+
+def _tag_entries(text: str) -> List[_Entry]:
+    """Grounding written in Qwen-VL / Qwen2-VL tags: one entry per (label, boxes) run."""
+    entries = []
+    for match in _TAG_RE.finditer(text):
+        label = (match.group("ref2") or match.group("ref1") or "").strip()
+        boxes, bad = [], 0
+        for box in _TAG_BOX_RE.finditer(match.group("boxes")):
+            numbers = [float(v) for v in _BOX_NUMBER.findall(box.group("box2") or box.group("box1") or "")]
+            if len(numbers) == 4:
+                boxes.append(numbers)
+            else:
+                bad += 1
+        entries.append(_Entry(position=len(entries), index=None, text=None, executable=None,
+                              reason="", target=label, boxes=boxes, bad_boxes=bad, edit_type="other",
+                              grounding=True, convention=RELATIVE_1000))
+    return entries
 
 
 def _is_item_like(d: dict) -> bool:
     keys = {_norm_key(k) for k in d}
     if keys & set(_EXEC_KEYS) or keys & set(_BOX_KEYS):
         return True
-    others = set(_REASON_KEYS) | set(_TARGET_PHRASE_KEYS) | set(_TYPE_KEYS)
+    others = set(_REASON_KEYS) | set(_TARGET_PHRASE_KEYS) | set(_TYPE_KEYS) | set(_RESOLVED_KEYS)
     return bool((keys & set(_INDEX_KEYS) or keys & set(_TEXT_KEYS)) and keys & others)
 
 
@@ -415,7 +465,10 @@ def _read(text: str) -> Optional[_Reading]:
     elif collected.caption_dicts:
         raw_items, missing = [], OMITTED_REASON
     else:
-        return None
+        tagged = _tag_entries(text)
+        if not tagged:
+            return None
+        return _Reading(tagged, "", "", OMITTED_REASON, [])
     source = target = None
     for d in ([owner] if owner is not None else []) + collected.caption_dicts[::-1]:
         if source is None:
@@ -554,7 +607,7 @@ def parse_reply(reply: str, instructions: Sequence[str], convention: str, image_
             notes.append(f"{label}: {unreadable} box value(s) could not be read")
         for e in group:
             for raw in e.boxes:
-                box = to_source_pixels(raw, convention, size, input_size)
+                box = to_source_pixels(raw, e.convention or convention, size, input_size)
                 if box is None:
                     notes.append(f"{label}: dropped box {raw!r} (not four finite numbers, "
                                  "outside the image or without area)")
@@ -577,6 +630,7 @@ def parse_reply(reply: str, instructions: Sequence[str], convention: str, image_
         items.append(EditItem(
             instruction=instruction, executable=executable, reason=reason,
             target=first.target, boxes=tuple(boxes), edit_type=first.edit_type,
+            resolved=first.resolved,
         ))
     return EditPlan(items=tuple(items), source_caption=reading.source_caption,
                     target_caption=reading.target_caption, image_size=size, raw_reply=reply,

@@ -232,6 +232,22 @@ def _criteria(prompt_len: int, max_new_tokens: int, should_stop, on_token):
     return _Hooks()
 
 
+# Qwen2-VL's grounding tokens are special tokens of its tokenizer: skip_special_tokens would delete
+# them and leave "a cat(120,80),(410,390)", losing which numbers are a box and which text is its label.
+GROUNDING_TOKENS = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+                    "<|quad_start|>", "<|quad_end|>")
+
+
+def decode_reply(tokenizer, token_ids) -> str:
+    """The generated text without chat/padding special tokens but with grounding tags kept."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    specials = sorted((t for t in getattr(tokenizer, "all_special_tokens", ()) if t and t not in GROUNDING_TOKENS),
+                      key=len, reverse=True)
+    for token in specials:
+        text = text.replace(token, "")
+    return text
+
+
 @dataclass
 class VLM:
     """A loaded vision-language model.
@@ -349,6 +365,6 @@ class VLM:
                 stopping_criteria=criteria,
             )
         new_tokens = output[:, prompt_len:]
-        text = self.processor.batch_decode(new_tokens, skip_special_tokens=True,
-                                           clean_up_tokenization_spaces=False)[0]
+        text = decode_reply(self.processor.tokenizer if hasattr(self.processor, "tokenizer") else self.processor,
+                            new_tokens[0])
         return GenerationResult(text, input_size, int(new_tokens.shape[-1]))
