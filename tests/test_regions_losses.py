@@ -44,9 +44,17 @@ def test_losses_match_the_equations():
     def sim(f):
         return torch.tensor([[[float(cos(f[k, i], f[k, j])) for j in range(5)] for i in range(5)] for k in range(2)])
 
-    ref = ((sim(fa) - sim(fb)) ** 2).sum(dim=(1, 2)).mean()
+    # eq. 9 with the normalisation the pack adds: the squared Frobenius norm divided by N^2 pairs
+    ref = torch.tensor([sum((float(sim(fa)[k, i, j]) - float(sim(fb)[k, i, j])) ** 2
+                            for i in range(5) for j in range(5)) / 25 for k in range(2)]).mean()
+    # entries in [0, 4], 25 float32 products + a mean: 1e-5 is ~100x the rounding
     assert torch.allclose(L.clip_structural_loss(fa, fb), ref, atol=1e-5)                        # (9)
+    # identical features: every Sim entry cancels exactly, up to float32 rounding of the cosines
     assert float(L.clip_structural_loss(fa, fa)) == pytest.approx(0.0, abs=1e-6)
+    # scale independent of N: every patch repeated (N -> 2N) tiles Sim 2x2, the mean is unchanged
+    # (the paper's sum would be 4x); same float32 rounding bound as above
+    twice = lambda f: f.repeat_interleave(2, dim=1)
+    assert torch.allclose(L.clip_structural_loss(twice(fa), twice(fb)), L.clip_structural_loss(fa, fb), atol=1e-5)
     w = L.LossWeights(alpha=0.5, beta=2.0, lambda_g=0.1, lambda_d=0.2, lambda_s=0.3)
     clip, terms = L.clip_loss(a, c, fa[:1].expand(3, 5, 8), fb[:1].expand(3, 5, 8), b, d, w)     # (10)
     assert torch.allclose(clip, 0.1 * terms["CLIPg"] + 0.2 * terms["CLIPd"] + 0.3 * terms["CLIPs"])
