@@ -79,6 +79,28 @@ def test_training_with_the_default_weights_localises_the_edit(generated_dir, tmp
     assert 0.1 < area < 0.6, area
 
 
+def test_every_loss_weight_flag_reaches_the_loss(models, tmp_path):
+    """--alpha/--beta/--lambda-g/--lambda-d/--lambda-s default to LossWeights' defaults, and each
+    one weighs its own term: the logged L_total is eq. 11 of the logged terms with these weights."""
+    from contextedit.nodes.regions.losses import LossWeights
+
+    defaults = T.build_parser().parse_args(train_args(models, tmp_path, tmp_path, 1))
+    assert T.loss_weights(defaults) == LossWeights()
+    data = write_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    w = {"alpha": 0.5, "beta": 2.0, "lambda_g": 0.3, "lambda_d": 0.7, "lambda_s": 1.5}
+    flags = [x for k, v in w.items() for x in ("--" + k.replace("_", "-"), str(v))]
+    assert T.main(train_args(models, data, out, 2, "--batch-size", "2", "--log-every", "1", "--save-every", "0",
+                             *flags)) == 0
+    meta = safe_open(str(out / "region_predictor.safetensors"), "pt").metadata()
+    assert json.loads(meta["loss_weights"]) == w
+    for row in read_log(out):
+        clip = w["lambda_g"] * row["CLIPg"] + w["lambda_d"] * row["CLIPd"] + w["lambda_s"] * row["CLIPs"]
+        # the log rounds each term to 6 decimals: |error| <= 0.5e-6 * (1 + 0.5 + 2 * (1 + 0.3 + 0.7 + 1.5))
+        assert row["CLIP"] == pytest.approx(clip, abs=1e-5), row
+        assert row["total"] == pytest.approx(w["alpha"] * row["semAlign"] + w["beta"] * row["CLIP"], abs=1e-5), row
+
+
 def test_resume_continues_bit_exactly(models, tmp_path):
     data = write_dataset(tmp_path / "data")
     common = ("--batch-size", "2", "--lr", "3e-3", "--log-every", "1", "--save-every", "3")
