@@ -48,7 +48,11 @@ def main():
     from contextedit.nodes.regions.encoders import ClipVisionEncoder
     from contextedit.nodes.regions.losses import LossWeights
     from contextedit.nodes.regions.model import RegionPredictor
-    from contextedit.nodes.regions.objective import DEFAULT_TEST_TIME_LR, optimize_region, predict_region
+    from contextedit.nodes.regions.objective import (
+        DEFAULT_TEST_TIME_LR,
+        optimize_region,
+        predict_region,
+    )
     from fixtures.tiny_models import make_tiny_clip_vision, make_tiny_clip_vision_8x8
     from fixtures.tiny_regions import LocalisationScenario, contrast_and_area
 
@@ -60,7 +64,7 @@ def main():
         scenario = LocalisationScenario(root, ClipVisionEncoder.load(make(root).folder))
         n = int(scenario.inside.numel())
 
-        def row(mode, label, run):
+        def row(mode, label, run, scenario=scenario, n=n):
             figures, start = [], time.perf_counter()
             for seed in args.seeds:
                 figures.append(contrast_and_area(run(seed), scenario.inside))
@@ -69,7 +73,7 @@ def main():
             area = statistics.mean(f[1] for f in figures)
             print(f"{n:>3} {mode:<9} {label:<34} {contrast:>+8.2f} {area:>5.2f} {per_run:>6.1f}", flush=True)
 
-        def test_time(lambda_s, lr):
+        def test_time(lambda_s, lr, scenario=scenario):
             def run(seed):
                 weights = LossWeights(lambda_s=lambda_s)
                 result = optimize_region(scenario.encoders, *scenario.args, steps=args.steps, lr=lr,
@@ -86,7 +90,7 @@ def main():
         if args.no_training:
             continue
 
-        def training(lambda_s):
+        def training(lambda_s, scenario=scenario):
             def run(seed):
                 folder = Path(tempfile.mkdtemp())
                 data = scenario.write_dataset(folder / "data")

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from contextedit.nodes.errors import InputError
 from contextedit.nodes.regions import losses as L
+from contextedit.nodes.regions.encoders import ClipVisionEncoder
 from contextedit.nodes.regions.model import RegionPredictor
 from contextedit.nodes.regions.objective import (
     composite,
@@ -12,8 +13,11 @@ from contextedit.nodes.regions.objective import (
     optimize_region,
     region_losses,
 )
-from contextedit.nodes.regions.encoders import ClipVisionEncoder
-from fixtures.tiny_models import make_tiny_clip_vision, make_tiny_clip_vision_8x8, write_test_image
+from fixtures.tiny_models import (
+    make_tiny_clip_vision,
+    make_tiny_clip_vision_8x8,
+    write_test_image,
+)
 from fixtures.tiny_regions import LocalisationScenario, contrast_and_area, edited_copy
 from regions_common import TINY_HEAD, load_image, one_thread, tiny_encoders  # noqa: F401
 

@@ -10,9 +10,9 @@ import torch
 from contextedit.nodes.errors import InputError
 from contextedit.nodes.regions import train as T
 from contextedit.nodes.regions.model import RegionPredictor
-from regions_common import TINY_HEAD, one_thread, tiny_model_paths, write_dataset  # noqa: F401
 from fixtures.tiny_models import make_tiny_clip_vision, make_tiny_clip_vision_8x8
 from fixtures.tiny_regions import LocalisationScenario, contrast_and_area
+from regions_common import TINY_HEAD, one_thread, tiny_model_paths, write_dataset  # noqa: F401
 from safetensors import safe_open
 from safetensors.torch import load_file
 

@@ -13,9 +13,15 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InputError
-from .model import RegionPredictor
 from .losses import LossWeights
-from .objective import DEFAULT_TEST_TIME_LR, RegionEncoders, check_images, optimize_region, predict_region
+from .model import RegionPredictor
+from .objective import (
+    DEFAULT_TEST_TIME_LR,
+    RegionEncoders,
+    check_images,
+    optimize_region,
+    predict_region,
+)
 
 OVERLAY_COLOR = (1.0, 0.15, 0.1)
 OVERLAY_ALPHA = 0.5

@@ -3,7 +3,9 @@
 The learnable-region predictor of "Beyond Editing Pairs" (nodes/regions/): the loader puts the
 frozen encoders and the trained head into one module under ComfyUI's memory manager; the
 predictor node converts ComfyUI types and calls the engine (inference.py). Generation in the
-region is ComfyUI's own masked sampling (SetLatentNoiseMask + KSampler, appendix A eq. 23).
+region is ComfyUI's own masked sampling: SetLatentNoiseMask + KSampler at denoise 1.0 generates the
+region from noise and puts the source latent, noised to the current step, back outside it at every
+step (appendix A, eq. 22-23); workflows/region_edit.json takes t_e from the VLM plan.
 """
 
 from comfy_api.latest import io
@@ -122,9 +124,10 @@ class PredictEditRegion(io.ComfyNode):
             description=(
                 "Predicts where an instruction should change the image (learnable edit regions): a soft map, "
                 "a binary mask at the image size and an overlay. Feed the mask to Set Latent Noise Mask + KSampler "
-                "to edit only there. test_time_steps 0 uses the trained checkpoint; > 0 (or no checkpoint) fits a "
-                "fresh head to this image with the training losses, which needs an edited image (e.g. a global "
-                "edit with the target caption) and the source/target captions."
+                "(denoise 1.0, the paper's inference) to edit only there. test_time_steps 0 uses the trained "
+                "checkpoint; > 0 (or no checkpoint) fits a fresh head to this image with the training losses, "
+                "which needs an edited image (e.g. a global edit with the target caption) and the source/target "
+                "captions."
             ),
             inputs=[
                 io.Image.Input("image", tooltip="The image(s) to edit (at least 32 px on each side)."),
