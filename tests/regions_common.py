@@ -12,7 +12,7 @@ from fixtures.tiny_models import (
     make_tiny_t5_encoder,
     write_test_image,
 )
-from fixtures.tiny_regions import edited_copy, left_box, make_tiny_clip_text
+from fixtures.tiny_regions import edited_copy, make_tiny_clip_text
 
 TINY_HEAD = {"d_model": 32, "num_heads": 2, "mlp_hidden": 32, "sem_hidden": 32}
 
@@ -63,16 +63,6 @@ def write_dataset(folder, with_edits: bool = True) -> Path:
         records.append(record)
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return folder
-
-
-def box_mask(w: int, h: int, grid: int | None = None) -> torch.Tensor:
-    """1 inside the left box, [h, w] (or pooled to a grid x grid patch map)."""
-    m = torch.zeros(h, w)
-    x1, y1, x2, y2 = left_box(w, h)
-    m[y1:y2, x1:x2] = 1
-    if grid:
-        m = torch.nn.functional.adaptive_avg_pool2d(m[None, None], grid)[0, 0]
-    return m
 
 
 import pytest

@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InputError
+from .losses import LossWeights
 from .model import RegionPredictor
-from .objective import RegionEncoders, check_images, optimize_region, predict_region
+from .objective import (
+    DEFAULT_TEST_TIME_LR,
+    RegionEncoders,
+    check_images,
+    optimize_region,
+    predict_region,
+)
 
 OVERLAY_COLOR = (1.0, 0.15, 0.1)
 OVERLAY_ALPHA = 0.5
@@ -75,15 +82,17 @@ def is_test_time(models: RegionModels, steps: int) -> bool:
 
 
 def predict_masks(models: RegionModels, image: torch.Tensor, instruction: str, threshold: float = 0.5,
-                  steps: int = 0, lr: float = 1e-3, seed: int = 0, edited: torch.Tensor | None = None,
-                  source_caption: str | None = None, target_caption: str | None = None,
+                  steps: int = 0, lr: float = DEFAULT_TEST_TIME_LR, seed: int = 0,
+                  edited: torch.Tensor | None = None, source_caption: str | None = None,
+                  target_caption: str | None = None, weights: LossWeights | None = None,
                   on_step=None) -> MaskResult:
     """``image`` [B, H, W, 3] (ComfyUI IMAGE, 0..1) -> soft map, binary mask, overlay at the image size.
 
     ``steps`` 0 uses the trained head; ``steps`` > 0 (required when no head is loaded) fits a
     fresh head (the loaded head's sizes, else the paper's) to each image with the training losses,
     which needs ``edited`` (G(X, t_e), e.g. a global edit of the image), ``source_caption`` (t_o),
-    ``target_caption`` (t_e) and a CLIP text model. ``on_step(done, total)`` reports progress over
+    ``target_caption`` (t_e) and a CLIP text model; ``weights`` are the loss weights of eq. 10/11
+    (default: LossWeights()). ``on_step(done, total)`` reports progress over
     the whole batch. Inputs are never modified; outputs are on the CPU."""
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[-1] < 3:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
@@ -138,7 +147,7 @@ def predict_masks(models: RegionModels, image: torch.Tensor, instruction: str, t
 
             result = optimize_region(models.encoders, source[i:i + 1], instruction, source_caption, target_caption,
                                      generated[min(i, generated.shape[0] - 1)][None], steps=steps, lr=float(lr),
-                                     config=config, seed=int(seed), on_step=step)
+                                     config=config, weights=weights, seed=int(seed), on_step=step)
             softs.append(result.region.soft_at(h, w).detach())
             initials.append(result.initial_region.soft_at(h, w).detach())
             losses.append(result.losses)

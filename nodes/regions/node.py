@@ -3,7 +3,9 @@
 The learnable-region predictor of "Beyond Editing Pairs" (nodes/regions/): the loader puts the
 frozen encoders and the trained head into one module under ComfyUI's memory manager; the
 predictor node converts ComfyUI types and calls the engine (inference.py). Generation in the
-region is ComfyUI's own masked sampling (SetLatentNoiseMask + KSampler, appendix A eq. 23).
+region is ComfyUI's own masked sampling: SetLatentNoiseMask + KSampler at denoise 1.0 generates the
+region from noise and puts the source latent, noised to the current step, back outside it at every
+step (appendix A, eq. 22-23); workflows/region_edit.json takes t_e from the VLM plan.
 """
 
 from comfy_api.latest import io
@@ -13,13 +15,23 @@ from ..managed import ManagedModel, devices
 from ..model_folders import MODEL_FOLDERS, list_hf_folders, list_models, resolve_model
 from .encoders import ClipTextEncoder, ClipVisionEncoder, T5InstructionEncoder
 from .inference import RegionModels, predict_masks
+from .losses import LossWeights
 from .model import RegionPredictor
+from .objective import DEFAULT_TEST_TIME_LR, DEFAULT_TEST_TIME_STEPS
 
 RegionPredictorType = io.Custom("CONTEXTEDIT_REGION_PREDICTOR")
 CATEGORY = "ContextEdit/regions"
 NO_PREDICTOR = "none (test-time mode)"
 NO_CLIP_TEXT = "none"
 KIND = "region_predictor"
+# node input -> what it weighs (eq. 10/11 of "Beyond Editing Pairs"); defaults are LossWeights'
+LOSS_WEIGHT_INPUTS = {
+    "alpha": "alpha of eq. 11: weight of L_semAlign",
+    "beta": "beta of eq. 11: weight of L_CLIP",
+    "lambda_g": "lambda_g of eq. 10: weight of the CLIP guidance term (eq. 7)",
+    "lambda_d": "lambda_d of eq. 10: weight of the CLIP directional term (eq. 8)",
+    "lambda_s": "lambda_s of eq. 10: weight of the structural term (eq. 9, mean over patch pairs)",
+}
 
 
 def _unique(names):
@@ -112,9 +124,10 @@ class PredictEditRegion(io.ComfyNode):
             description=(
                 "Predicts where an instruction should change the image (learnable edit regions): a soft map, "
                 "a binary mask at the image size and an overlay. Feed the mask to Set Latent Noise Mask + KSampler "
-                "to edit only there. test_time_steps 0 uses the trained checkpoint; > 0 (or no checkpoint) fits a "
-                "fresh head to this image with the training losses, which needs an edited image (e.g. a global "
-                "edit with the target caption) and the source/target captions."
+                "(denoise 1.0, the paper's inference) to edit only there. test_time_steps 0 uses the trained "
+                "checkpoint; > 0 (or no checkpoint) fits a fresh head to this image with the training losses, "
+                "which needs an edited image (e.g. a global edit with the target caption) and the source/target "
+                "captions."
             ),
             inputs=[
                 io.Image.Input("image", tooltip="The image(s) to edit (at least 32 px on each side)."),
@@ -125,9 +138,13 @@ class PredictEditRegion(io.ComfyNode):
                                tooltip="Edit probability at or above which a pixel is in the binary mask."),
                 io.Int.Input("test_time_steps", default=0, min=0, max=2000,
                              tooltip="0: use the trained checkpoint. > 0: fit a fresh head on this image for this many "
-                                     "Adam steps (test-time mode; required when no checkpoint is loaded)."),
-                io.Float.Input("learning_rate", default=0.001, min=0.00001, max=1.0, step=0.0001,
-                               tooltip="Adam learning rate of test-time mode."),
+                                     "Adam steps (test-time mode; required when no checkpoint is loaded). "
+                                     f"{DEFAULT_TEST_TIME_STEPS} steps at the default learning rate localise the "
+                                     "edit in the pack's tests."),
+                io.Float.Input("learning_rate", default=DEFAULT_TEST_TIME_LR, min=0.000001, max=1.0, step=0.00001,
+                               round=0.000001,
+                               tooltip="Adam learning rate of test-time mode (higher rates can saturate the region "
+                                       "into all or nothing)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
                              tooltip="Seed of the fresh head's initial weights (test-time mode)."),
                 io.Image.Input("edited", optional=True,
@@ -137,6 +154,9 @@ class PredictEditRegion(io.ComfyNode):
                                 tooltip="Test-time mode: a description of the image as it is (t_o)."),
                 io.String.Input("target_caption", multiline=True, default="", optional=True,
                                 tooltip="Test-time mode: a description of the image after the edit (t_e)."),
+                *[io.Float.Input(name, default=getattr(LossWeights(), name), min=0.0, max=100.0, step=0.01,
+                                 round=0.0001, optional=True, tooltip=f"Test-time mode loss weight: {what}.")
+                  for name, what in LOSS_WEIGHT_INPUTS.items()],
             ],
             outputs=[
                 io.Mask.Output(display_name="soft_mask", tooltip="Edit probability per pixel (0..1), at the image size."),
@@ -148,7 +168,8 @@ class PredictEditRegion(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, region_predictor, instruction, threshold, test_time_steps, learning_rate, seed,
-                edited=None, source_caption="", target_caption="") -> io.NodeOutput:
+                edited=None, source_caption="", target_caption="", alpha=None, beta=None, lambda_g=None,
+                lambda_d=None, lambda_s=None) -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils
 
@@ -165,9 +186,16 @@ class PredictEditRegion(io.ComfyNode):
             if pbar is not None:
                 pbar.update_absolute(done, total)
 
+        given = {"alpha": alpha, "beta": beta, "lambda_g": lambda_g, "lambda_d": lambda_d, "lambda_s": lambda_s}
+        weights = LossWeights(**{k: float(v) for k, v in given.items() if v is not None})  # absent: the default
+        for name, value in weights.as_dict().items():
+            if not value >= 0.0:
+                raise InputError(name, f"must be a non-negative loss weight, got {value!r}.", "Use e.g. "
+                                 f"{getattr(LossWeights(), name)} (the default).")
         result = predict_masks(models, image, instruction, threshold=threshold, steps=int(test_time_steps),
                                lr=float(learning_rate), seed=int(seed), edited=edited,
-                               source_caption=source_caption, target_caption=target_caption, on_step=on_step)
+                               source_caption=source_caption, target_caption=target_caption, weights=weights,
+                               on_step=on_step)
         return io.NodeOutput(result.soft, result.mask, result.overlay)
 
 

@@ -292,7 +292,9 @@ def load_encoders(args, device):
     )
 
 
-def train(args) -> Path:
+def train(args, encoders=None) -> Path:
+    """Train a head as ``args`` (the parsed ``train`` command) say; ``encoders`` (a RegionEncoders)
+    replaces the ones named by --clip-vision / --clip-text / --text-encoder when given."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -304,14 +306,15 @@ def train(args) -> Path:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     dataset = RegionDataset(args.data, args.image_size)
-    encoders = load_encoders(args, accelerator.device)
+    if encoders is None:
+        encoders = load_encoders(args, accelerator.device)
     overrides = {k: getattr(args, k) for k in ("d_model", "num_heads", "mlp_hidden", "sem_hidden", "threshold")
                  if getattr(args, k) is not None}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         model = RegionPredictor(encoders.predictor_config(**overrides))
     encoders.check(model)
-    weights = LossWeights(args.alpha, args.beta, args.lambda_g, args.lambda_d, args.lambda_s)
+    weights = loss_weights(args)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     state_dir = out / "state"
@@ -426,10 +429,25 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("d_model", "num_heads", "mlp_hidden", "sem_hidden"):
         t.add_argument("--" + name.replace("_", "-"), type=int, default=None, dest=name)
     t.add_argument("--threshold", type=float, default=None)
-    for name in ("alpha", "beta", "lambda_g", "lambda_d", "lambda_s"):
-        t.add_argument("--" + name.replace("_", "-"), type=float, default=1.0, dest=name,
-                       help="loss weight (eq. 10/11)")
+    defaults = LossWeights()
+    for name, equation in LOSS_WEIGHT_HELP.items():
+        t.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name), dest=name,
+                       help=f"{equation} (default: %(default)s, LossWeights' default)")
     return parser
+
+
+LOSS_WEIGHT_HELP = {
+    "alpha": "weight of L_semAlign in eq. 11",
+    "beta": "weight of L_CLIP in eq. 11",
+    "lambda_g": "weight of L_CLIPg (eq. 7) in eq. 10",
+    "lambda_d": "weight of L_CLIPd (eq. 8) in eq. 10",
+    "lambda_s": "weight of L_CLIPs (eq. 9, mean over patch pairs) in eq. 10",
+}
+
+
+def loss_weights(args) -> LossWeights:
+    """The LossWeights the parsed flags ask for (each flag defaults to LossWeights' own default)."""
+    return LossWeights(**{name: float(getattr(args, name)) for name in LOSS_WEIGHT_HELP})
 
 
 def main(argv=None) -> int:
