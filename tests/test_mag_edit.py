@@ -2,6 +2,7 @@
 gradients reach only the latent, inputs stay untouched, bad inputs name themselves."""
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -14,7 +15,7 @@ from contextedit.attention_patches.token_ratio import (CrossAttentionProbe, Prob
 from contextedit.nodes.errors import InputError
 from contextedit.nodes.mag_edit.denoiser import DiffusersDenoiser
 from contextedit.nodes.mag_edit.inversion import CaptureSpec, ddim_schedule, invert
-from contextedit.nodes.mag_edit.mag import latent_masks, mag_edit, preset
+from contextedit.nodes.mag_edit.mag import PRESETS, latent_masks, mag_edit, preset
 from contextedit.nodes.mag_edit.prompts import align_tokens, prepare_prompts
 from contextedit.nodes.masks.token_broadcaster import layout
 from fixtures.tiny_mag import TableEncoder, WordTokenizer, sd_alphas_cumprod, sd_like_unet
@@ -179,6 +180,62 @@ def test_mag_raises_the_edit_token_ratio(env, name):
     assert some.map_before.shape == some.map_after.shape == (1, 4, 4)
 
 
+def test_constraint_chooses_the_optimised_terms(env):
+    """``constraint`` decides which terms enter the loss: the weight of an absent term changes
+    nothing (bit-identical result), the weight of a present one changes the edit."""
+    den, _, _, x0, mask = env
+    p = prompts(env)
+
+    def edit(constraint, **kw):
+        # no early stop, so every run takes all its iterations
+        return mag_edit(den, x0, mask, p, small("fast", constraint=constraint, ratio_target=None, **kw))
+
+    for constraint, present in (("token", {"token"}), ("spatial", {"spatial"}), ("both", {"token", "spatial"})):
+        base = edit(constraint)
+        for kind in ("token", "spatial"):
+            other = edit(constraint, **{f"{kind}_ratio_weight": 3.0})
+            same = torch.equal(other.latent, base.latent)
+            assert same == (kind not in present), (constraint, kind)
+        if constraint == "spatial":
+            # the loss is compute_ca_SR's mean of 3 - 4 act, i.e. 3 - 4 * (mean spatial ratio)
+            log = base.history[0]
+            for loss, act in zip(log.losses, log.spatial_ratios):
+                # fp32 means over 3 layers x 2 heads of values <= 3: rounding ~1e-6
+                assert loss == pytest.approx(3 - 4 * act, abs=1e-5)
+
+
+def test_spatial_constraint_raises_the_spatial_ratio(env):
+    den, _, _, x0, mask = env
+    p = prompts(env)
+    none = mag_edit(den, x0, mask, p, small("fast", constraint="spatial", iterations=0))
+    some = mag_edit(den, x0, mask, p, small("fast", constraint="spatial", ratio_target=None))
+    log = some.history[0]
+    assert len(log.spatial_ratios) == 3 and log.spatial_ratios[-1] > log.spatial_ratios[0]
+    n_opt = small("fast").step_counts()["optimize"]
+    for i in range(n_opt):
+        assert some.history[i].spatial_after > none.history[i].spatial_after
+
+
+def test_paper_preset_is_pinned():
+    """MAG-Edit's published settings (notes/algorithms.md section 1; HelenMao/MAG-Edit edit.py and
+    network.py), every field of the preset: a change to any of them, or a new field, fails here."""
+    expected = dict(
+        steps=50, guidance=7.5, inversion="null-text",
+        optimize_fraction=0.5, iterations=15, scale=2.5, ratio_target=None,          # steps 0-24, x15, 2.5 sigma_t
+        constraint="token", token_ratio_weight=1.0, spatial_ratio_weight=1.0,       # compute_ca_TR only
+        negative_scale=5.5, loss_downscales=(32,), truncate_forward=False,           # the 16x16 layers, full UNet
+        cross_replace_fraction=0.8, self_replace_fraction=0.5,                        # P2P refine 0.8 / self 0.5
+        cross_downscales=(8, 16, 32, 64), self_downscales=(16, 32, 64),               # self at <= 32x32
+        blend_from_fraction=0.7, blend_dilation=1,                                    # last 15 steps, 3x3 max-pool
+        null_text_iterations=10, null_text_lr=1e-2, null_text_epsilon=1e-5,           # NullInversion
+        precision="fp32", store_dtype=None,
+    )
+    assert dataclasses.asdict(PRESETS["paper"]) == expected
+    assert PRESETS["paper"].step_counts() == dict(optimize=25, cross=40, self_=25, blend_from=35)
+    # the fast preset is not the paper's
+    assert dataclasses.asdict(PRESETS["fast"]) != expected
+
+
 def test_ratio_target_stops_early(env):
     den, _, _, x0, mask = env
     r = mag_edit(den, x0, mask, prompts(env), small("fast", ratio_target=0.0))
@@ -267,6 +324,7 @@ def test_bad_inputs_name_the_input(env):
         (lambda: prepare_prompts(tok, enc, SOURCE, "  "), "target_prompt"),
         (lambda: prepare_prompts(tok, enc, SOURCE, SOURCE), "target_prompt"),
         (lambda: preset("slow"), "preset"),
+        (lambda: mag_edit(den, x0, mask, p, small("fast", constraint="area")), "constraint"),
     ]
     for fn, name in cases:
         with pytest.raises(InputError) as err:
