@@ -31,7 +31,6 @@ import argparse
 import time
 
 import torch
-
 from _common import load_pack
 
 
@@ -46,12 +45,17 @@ def main():
     torch.set_num_threads(args.threads)
 
     load_pack()
-    from contextedit.nodes.mag_edit.denoiser import DiffusersDenoiser
-    from contextedit.nodes.mag_edit.inversion import CaptureSpec, invert, ddim_schedule
-    from contextedit.nodes.mag_edit.mag import mag_edit, preset
     from contextedit.attention_patches.controller import LayerSelector
+    from contextedit.nodes.mag_edit.denoiser import DiffusersDenoiser
+    from contextedit.nodes.mag_edit.inversion import CaptureSpec, ddim_schedule, invert
+    from contextedit.nodes.mag_edit.mag import mag_edit, preset
     from contextedit.nodes.mag_edit.prompts import prepare_prompts
-    from fixtures.tiny_mag import TableEncoder, WordTokenizer, sd_alphas_cumprod, sd_like_unet
+    from fixtures.tiny_mag import (
+        TableEncoder,
+        WordTokenizer,
+        sd_alphas_cumprod,
+        sd_like_unet,
+    )
 
     torch.manual_seed(0)
     den = DiffusersDenoiser(sd_like_unet(), sd_alphas_cumprod())
@@ -84,8 +88,8 @@ def main():
     print("| constraint | TR before | TR step 0 after | TR window end | SR before | SR step 0 after "
           "| SR window end | seconds |")
     print("|---|---|---|---|---|---|---|---|")
-    rows = [("none", dict(iterations=0)), ("token ratio", dict(constraint="token")),
-            ("spatial ratio", dict(constraint="spatial")), ("both", dict(constraint="both"))]
+    rows = [("none", {"iterations": 0}), ("token ratio", {"constraint": "token"}),
+            ("spatial ratio", {"constraint": "spatial"}), ("both", {"constraint": "both"})]
     for label, kw in rows:
         cfg = preset(args.preset, **over, **kw)
         t = time.perf_counter()
