@@ -14,8 +14,12 @@ Ratios (per sample, per head; ``mask`` is the edit region on the layer's grid, f
 * token ratio  r(p) = mean_{k in word} A(p, k) / sum_j A(p, j);  act = mean_{p in M} r(p)
 * spatial ratio act = sum_{p in M} sum_{k in word} A(p, k) / sum_p sum_{k in word} A(p, k)
 
-The losses are (1 - act)^2 averaged over heads, layers and words (MAG-Edit ``compute_ca_TR``; the
-spatial variant uses the same form, notes/algorithms.md section 1).
+The losses follow MAG-Edit's released code (HelenMao/MAG-Edit ``code_tr/network.py``), both
+averaged as (1/(L*W)) sum_words sum_layers mean_heads(term), L loss layers, W edit words:
+
+* token ratio (``compute_ca_TR``):   term = (1 - act)^2
+* spatial ratio (``compute_ca_SR``): term = 3 - 4 * act  (linear: its gradient, -4 grad act, does not
+  fade as act approaches 1, unlike the token ratio's -2 (1 - act) grad act)
 """
 
 from dataclasses import dataclass
@@ -118,11 +122,23 @@ def mean_ratio(records, mask: torch.Tensor, words: Sequence[Sequence[int]], bran
     return torch.stack([a.mean(dim=1) for a in layer_ratios(records, mask, words, branch, kind)]).mean(dim=0)
 
 
+RATIO_TERMS = {
+    "token": lambda act: (1.0 - act) ** 2,    # MAG-Edit compute_ca_TR
+    "spatial": lambda act: 3.0 - 4.0 * act,   # MAG-Edit compute_ca_SR
+}
+
+
 def ratio_loss(records, mask: torch.Tensor, words: Sequence[Sequence[int]], branch: int = 0,
                kind: str = "token") -> torch.Tensor:
-    """(1/(L*W)) sum_words sum_layers mean_heads (1 - act)^2, per sample: [B]."""
+    """(1/(L*W)) sum_words sum_layers mean_heads term(act), per sample: [B].
+
+    ``kind="token"``: term = (1 - act)^2, MAG-Edit's ``compute_ca_TR``.
+    ``kind="spatial"``: term = 3 - 4 act with act the spatial ratio, MAG-Edit's ``compute_ca_SR``
+    (released but never called there; the paper picks token or spatial ratio per edit).
+    """
     acts = layer_ratios(records, mask, words, branch, kind)
-    return torch.stack([((1.0 - a) ** 2).mean(dim=1) for a in acts]).mean(dim=0)
+    term = RATIO_TERMS[kind]
+    return torch.stack([term(a).mean(dim=1) for a in acts]).mean(dim=0)
 
 
 def word_share_map(records, words: Sequence[Sequence[int]], branch: int = 0) -> torch.Tensor:

@@ -2,18 +2,20 @@
 gradients reach only the latent, inputs stay untouched, bad inputs name themselves."""
 
 import copy
+import dataclasses
+import math
 
 import pytest
 import torch
 
 from contextedit.attention_patches.controller import LayerSelector
 from contextedit.attention_patches.injection import AttentionInjection
-from contextedit.attention_patches.token_ratio import (CrossAttentionProbe, StopForward, mean_ratio, ratio_loss,
-                                                       spatial_ratio, token_ratio)
+from contextedit.attention_patches.token_ratio import (CrossAttentionProbe, ProbeRecord, StopForward, mean_ratio,
+                                                       ratio_loss, spatial_ratio, token_ratio)
 from contextedit.nodes.errors import InputError
 from contextedit.nodes.mag_edit.denoiser import DiffusersDenoiser
 from contextedit.nodes.mag_edit.inversion import CaptureSpec, ddim_schedule, invert
-from contextedit.nodes.mag_edit.mag import latent_masks, mag_edit, preset
+from contextedit.nodes.mag_edit.mag import PRESETS, latent_masks, mag_edit, preset
 from contextedit.nodes.mag_edit.prompts import align_tokens, prepare_prompts
 from contextedit.nodes.masks.token_broadcaster import layout
 from fixtures.tiny_mag import TableEncoder, WordTokenizer, sd_alphas_cumprod, sd_like_unet
@@ -57,11 +59,76 @@ def test_ratios_match_explicit_loops():
     mask = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
     pos = [1, 3]
     tr, sr = token_ratio(probs, mask, pos), spatial_ratio(probs, mask, pos)
+    # fp32 sums of <= 4 values in [0, 1] and two divisions: relative rounding ~1e-7; rel 1e-5 is slack
     for h in range(2):
         rs = [(probs[0, h, p, 1] + probs[0, h, p, 3]) / 2 / probs[0, h, p].sum() for p in (0, 2)]
         assert float(tr[0, h]) == pytest.approx(float(sum(rs) / 2), rel=1e-5)
         word = probs[0, h, :, 1] + probs[0, h, :, 3]
         assert float(sr[0, h]) == pytest.approx(float((word[0] + word[2]) / word.sum()), rel=1e-5)
+
+
+def _reference_mag_losses(layers, mask, words):
+    """MAG-Edit's two constraints written out from the reference code (HelenMao/MAG-Edit
+    code_tr/network.py ``compute_ca_TR`` / ``compute_ca_SR``) as plain loops, per sample.
+
+    ``layers``: [(probs [B, H, h*w, T], h, w)]; ``mask``: [B, S, S] at image resolution, reduced to
+    each layer's grid by nearest neighbour (grid cell (y, x) reads mask pixel (floor(y*S/h),
+    floor(x*S/w))) and binarised with != 0.
+    TR: act_h = 1/|M| sum_{p in M} (mean_{k in word} A_h(p,k)) / sum_j A_h(p,j); term mean_h (1-act_h)^2.
+    SR: act_h = sum_{p in M} sum_{k in word} A_h(p,k) / sum_p sum_{k in word} A_h(p,k); term mean_h (3-4 act_h).
+    Both: sum over words and layers, divided by (#words * #layers)."""
+    n_samples, size = mask.shape[0], mask.shape[-1]
+    out = {"token": [], "spatial": []}
+    for b in range(n_samples):
+        total = {"token": 0.0, "spatial": 0.0}
+        for probs, h, w in layers:
+            heads, tokens = probs.shape[1], probs.shape[3]
+            for word in words:
+                tr_terms, sr_terms = [], []
+                for head in range(heads):
+                    tr_sum, n_in, sr_in, sr_all = 0.0, 0, 0.0, 0.0
+                    for y in range(h):
+                        for x in range(w):
+                            p = y * w + x
+                            inside = float(mask[b, math.floor(y * size / h), math.floor(x * size / w)]) != 0
+                            word_sum = sum(float(probs[b, head, p, k]) for k in word)
+                            row_sum = sum(float(probs[b, head, p, j]) for j in range(tokens))
+                            sr_all += word_sum
+                            if inside:
+                                n_in += 1
+                                tr_sum += (word_sum / len(word)) / row_sum
+                                sr_in += word_sum
+                    tr_terms.append((1 - tr_sum / n_in) ** 2)
+                    sr_terms.append(3 - 4 * sr_in / sr_all)
+                total["token"] += sum(tr_terms) / heads
+                total["spatial"] += sum(sr_terms) / heads
+        for kind in out:
+            out[kind].append(total[kind] / (len(words) * len(layers)))
+    return out
+
+
+def test_ratio_losses_match_mag_edits_reference_functions():
+    """ratio_loss(kind="spatial") is compute_ca_SR's 3 - 4 act, ratio_loss(kind="token") is
+    compute_ca_TR's (1 - act)^2, on two layers of different grids, two samples, three heads and
+    two edit words (one of two sub-tokens)."""
+    g = torch.Generator().manual_seed(11)
+    layers = [(torch.rand(2, 3, 16, 6, generator=g).softmax(-1), 4, 4),
+              (torch.rand(2, 3, 4, 6, generator=g).softmax(-1), 2, 2)]
+    mask = (torch.rand(2, 8, 8, generator=g) > 0.5).float()
+    mask[:, 0, 0] = 1.0  # every 2x2 and 4x4 grid keeps at least one masked cell
+    mask[:, 4, 4] = 1.0
+    mask[:, 0, 4] = 0.0  # ... and at least one unmasked one
+    words = [[1, 2], [4]]
+    records = [ProbeRecord(("mid", i), [0], h, w, probs) for i, (probs, h, w) in enumerate(layers)]
+    ref = _reference_mag_losses(layers, mask, words)
+    for kind in ("token", "spatial"):
+        got = ratio_loss(records, mask, words, kind=kind)
+        for b in range(2):
+            # fp32 sums of <= 16 * 6 softmax values (each <= 1), then a few divisions: relative
+            # rounding error a few 1e-7 against the float64 loop; 1e-5 leaves ample margin
+            assert float(got[b]) == pytest.approx(ref[kind][b], rel=1e-5), (kind, b)
+    # the two forms differ, so the check above can tell them apart
+    assert abs(ref["spatial"][0] - ref["token"][0]) > 0.1
 
 
 def test_prompt_alignment_and_edit_words(env):
@@ -113,6 +180,62 @@ def test_mag_raises_the_edit_token_ratio(env, name):
     assert some.map_before.shape == some.map_after.shape == (1, 4, 4)
 
 
+def test_constraint_chooses_the_optimised_terms(env):
+    """``constraint`` decides which terms enter the loss: the weight of an absent term changes
+    nothing (bit-identical result), the weight of a present one changes the edit."""
+    den, _, _, x0, mask = env
+    p = prompts(env)
+
+    def edit(constraint, **kw):
+        # no early stop, so every run takes all its iterations
+        return mag_edit(den, x0, mask, p, small("fast", constraint=constraint, ratio_target=None, **kw))
+
+    for constraint, present in (("token", {"token"}), ("spatial", {"spatial"}), ("both", {"token", "spatial"})):
+        base = edit(constraint)
+        for kind in ("token", "spatial"):
+            other = edit(constraint, **{f"{kind}_ratio_weight": 3.0})
+            same = torch.equal(other.latent, base.latent)
+            assert same == (kind not in present), (constraint, kind)
+        if constraint == "spatial":
+            # the loss is compute_ca_SR's mean of 3 - 4 act, i.e. 3 - 4 * (mean spatial ratio)
+            log = base.history[0]
+            for loss, act in zip(log.losses, log.spatial_ratios):
+                # fp32 means over 3 layers x 2 heads of values <= 3: rounding ~1e-6
+                assert loss == pytest.approx(3 - 4 * act, abs=1e-5)
+
+
+def test_spatial_constraint_raises_the_spatial_ratio(env):
+    den, _, _, x0, mask = env
+    p = prompts(env)
+    none = mag_edit(den, x0, mask, p, small("fast", constraint="spatial", iterations=0))
+    some = mag_edit(den, x0, mask, p, small("fast", constraint="spatial", ratio_target=None))
+    log = some.history[0]
+    assert len(log.spatial_ratios) == 3 and log.spatial_ratios[-1] > log.spatial_ratios[0]
+    n_opt = small("fast").step_counts()["optimize"]
+    for i in range(n_opt):
+        assert some.history[i].spatial_after > none.history[i].spatial_after
+
+
+def test_paper_preset_is_pinned():
+    """MAG-Edit's published settings (notes/algorithms.md section 1; HelenMao/MAG-Edit edit.py and
+    network.py), every field of the preset: a change to any of them, or a new field, fails here."""
+    expected = dict(
+        steps=50, guidance=7.5, inversion="null-text",
+        optimize_fraction=0.5, iterations=15, scale=2.5, ratio_target=None,          # steps 0-24, x15, 2.5 sigma_t
+        constraint="token", token_ratio_weight=1.0, spatial_ratio_weight=1.0,       # compute_ca_TR only
+        negative_scale=5.5, loss_downscales=(32,), truncate_forward=False,           # the 16x16 layers, full UNet
+        cross_replace_fraction=0.8, self_replace_fraction=0.5,                        # P2P refine 0.8 / self 0.5
+        cross_downscales=(8, 16, 32, 64), self_downscales=(16, 32, 64),               # self at <= 32x32
+        blend_from_fraction=0.7, blend_dilation=1,                                    # last 15 steps, 3x3 max-pool
+        null_text_iterations=10, null_text_lr=1e-2, null_text_epsilon=1e-5,           # NullInversion
+        precision="fp32", store_dtype=None,
+    )
+    assert dataclasses.asdict(PRESETS["paper"]) == expected
+    assert PRESETS["paper"].step_counts() == dict(optimize=25, cross=40, self_=25, blend_from=35)
+    # the fast preset is not the paper's
+    assert dataclasses.asdict(PRESETS["fast"]) != expected
+
+
 def test_ratio_target_stops_early(env):
     den, _, _, x0, mask = env
     r = mag_edit(den, x0, mask, prompts(env), small("fast", ratio_target=0.0))
@@ -124,6 +247,8 @@ def test_negative_constraint_lowers_the_negative_share(env):
     p = prompts(env, negative_words="white")
     without = mag_edit(den, x0, mask, p, small("fast", negative_scale=0.0, token_ratio_weight=0.0, iterations=4))
     with_neg = mag_edit(den, x0, mask, p, small("fast", negative_scale=50.0, token_ratio_weight=0.0, iterations=4))
+    # the first forward precedes any update, so both runs compute it with the same ops: equal up to
+    # approx's default rel 1e-6 (in fact bit-equal; approx only guards against printing noise)
     assert without.history[0].negative_ratios[0] == pytest.approx(with_neg.history[0].negative_ratios[0])
     assert with_neg.history[0].negative_ratios[-1] < without.history[0].negative_ratios[-1]
     assert with_neg.history[0].negative_ratios[-1] < with_neg.history[0].negative_ratios[0]
@@ -163,6 +288,8 @@ def test_truncated_forward_records_the_same_maps(env):
         den(x0, 3.0, p.target_context, controller=full)
         with pytest.raises(StopForward):
             den(x0, 3.0, p.target_context, controller=cut)
+    # the recorded layers run the same ops in both forwards: assert_close's fp32 defaults
+    # (rtol 1.3e-6, atol 1e-5 on ratios <= 1) only absorb kernel-order rounding
     torch.testing.assert_close(mean_ratio(cut.records, mask, p.edit_positions),
                                mean_ratio(full.records, mask, p.edit_positions))
     # the host's processors are back after the exception
@@ -197,6 +324,7 @@ def test_bad_inputs_name_the_input(env):
         (lambda: prepare_prompts(tok, enc, SOURCE, "  "), "target_prompt"),
         (lambda: prepare_prompts(tok, enc, SOURCE, SOURCE), "target_prompt"),
         (lambda: preset("slow"), "preset"),
+        (lambda: mag_edit(den, x0, mask, p, small("fast", constraint="area")), "constraint"),
     ]
     for fn, name in cases:
         with pytest.raises(InputError) as err:

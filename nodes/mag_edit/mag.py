@@ -3,8 +3,10 @@
 Per sampling step i of the edit branch (notes/algorithms.md section 1):
 
 1. While i < optimise steps, up to ``iterations`` times: an edit forward (target prompt, no CFG,
-   source attention injected), the token-ratio / spatial-ratio loss on the 1/32 cross-attention
-   layers (+ the negative-word term from a forward with the negative prompt), and the masked
+   source attention injected), the constraint's loss on the 1/32 cross-attention layers -- token
+   ratio (MAG-Edit ``compute_ca_TR``, (1 - act)^2), spatial ratio (``compute_ca_SR``, 3 - 4 act) or
+   both summed, ``MagConfig.constraint`` -- (+ the negative-word term from a forward with the
+   negative prompt), and the masked
    latent update z <- z - scale * sigma_t * grad_z, inside the mask only, on the
    variance-preserving latent z (as in the reference code). Only the latent gets a gradient.
 2. A classifier-free-guided DDIM step with P2P injection (cross-attention refine for common
@@ -45,9 +47,12 @@ class MagConfig:
     optimize_fraction: float = 0.5          # steps [0, round(f*steps)) are optimised (paper: 0-24 of 50)
     iterations: int = 15                    # per optimised step
     scale: float = 2.5                      # loss weight; the step is scale * sigma_t * grad
-    ratio_target: Optional[float] = None    # stop a step's iterations once the mean ratio reaches it
-    token_ratio_weight: float = 1.0
-    spatial_ratio_weight: float = 0.0       # (1 - act)^2 like TR (ours; the paper's code never calls SR)
+    ratio_target: Optional[float] = None    # stop a step's iterations once the constraint's mean ratio reaches it
+    # which mask constraint is optimised: "token" (token ratio, the released code's), "spatial"
+    # (spatial ratio) or "both" (their weighted sum); the paper picks token or spatial per edit
+    constraint: str = "token"
+    token_ratio_weight: float = 1.0         # weight of compute_ca_TR's (1 - act)^2, when the constraint has it
+    spatial_ratio_weight: float = 1.0       # weight of compute_ca_SR's 3 - 4 act, when the constraint has it
     negative_scale: float = 5.5             # weight of act_neg^2 (when negative words are given)
     loss_downscales: Tuple[int, ...] = (32,)   # 16x16 at 512 px
     truncate_forward: bool = False          # stop the UNet after the last loss layer during optimisation
@@ -73,6 +78,9 @@ class MagConfig:
                     self_=int(round(self.self_replace_fraction * n)), blend_from=int(round(self.blend_from_fraction * n)))
 
 
+CONSTRAINTS = {"token": ("token",), "spatial": ("spatial",), "both": ("token", "spatial")}
+
+
 PRESETS = {
     # MAG-Edit's published settings (notes/algorithms.md section 1)
     "paper": MagConfig(),
@@ -95,10 +103,12 @@ def preset(name: str, **overrides) -> MagConfig:
 class StepLog:
     step: int
     sigma: float
-    ratios: List[float] = field(default_factory=list)       # mean edit ratio at each iteration's forward
+    ratios: List[float] = field(default_factory=list)       # mean edit token ratio at each iteration's forward
+    spatial_ratios: List[float] = field(default_factory=list)  # mean edit spatial ratio, same forwards
     negative_ratios: List[float] = field(default_factory=list)
     losses: List[float] = field(default_factory=list)
-    ratio_after: Optional[float] = None                    # edit ratio in this step's sampling forward
+    ratio_after: Optional[float] = None                    # edit token ratio in this step's sampling forward
+    spatial_after: Optional[float] = None                  # edit spatial ratio, same forward
 
 
 @dataclass
@@ -109,6 +119,12 @@ class MagResult:
     history: List[StepLog]
     map_before: Optional[torch.Tensor] = None   # [B, h, w] edit words' token ratio, first forward
     map_after: Optional[torch.Tensor] = None    # [B, h, w] after the last optimised step
+
+
+def check_constraint(name: str):
+    if name not in CONSTRAINTS:
+        raise InputError("constraint", f"'{name}' is not one of {tuple(CONSTRAINTS)}.",
+                         "Pick token ratio, spatial ratio or both.")
 
 
 def check_inputs(latent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -157,6 +173,7 @@ def mag_edit(denoiser, x0: torch.Tensor, mask: torch.Tensor, prompts: EditPrompt
     Inputs are never modified.
     """
     mask = check_inputs(x0, mask)
+    check_constraint(config.constraint)
     x0 = x0.detach().clone()
     mask = mask.to(x0.device)
     counts = config.step_counts()
@@ -195,6 +212,8 @@ def mag_edit(denoiser, x0: torch.Tensor, mask: torch.Tensor, prompts: EditPrompt
                 z = z + (s_next - s_cur) * eps
             if probe.records:
                 log.ratio_after = float(mean_ratio(probe.records, mask, prompts.edit_positions).mean())
+                log.spatial_after = float(mean_ratio(probe.records, mask, prompts.edit_positions,
+                                                     kind="spatial").mean())
                 if i < counts["optimize"]:
                     map_after = word_share_map(probe.records, prompts.edit_positions)
             if i >= counts["blend_from"]:
@@ -233,19 +252,22 @@ def _optimise(denoiser, z, sigma, prompts, upd_mask, mask, injection, loss_sel, 
             if state["loss_layers"] is None:
                 state["loss_layers"] = len(probe.records)
             loss = torch.zeros(b, device=z.device)
-            act = mean_ratio(probe.records, mask, prompts.edit_positions, EDIT_BRANCH)
-            if config.token_ratio_weight:
-                loss = loss + config.token_ratio_weight * ratio_loss(probe.records, mask, prompts.edit_positions,
-                                                                     EDIT_BRANCH, "token")
-            if config.spatial_ratio_weight:
-                loss = loss + config.spatial_ratio_weight * ratio_loss(probe.records, mask, prompts.edit_positions,
-                                                                       EDIT_BRANCH, "spatial")
+            acts = {kind: mean_ratio(probe.records, mask, prompts.edit_positions, EDIT_BRANCH, kind)
+                    for kind in ("token", "spatial")}
+            weights = {"token": config.token_ratio_weight, "spatial": config.spatial_ratio_weight}
+            for kind in CONSTRAINTS[config.constraint]:
+                if weights[kind]:
+                    loss = loss + weights[kind] * ratio_loss(probe.records, mask, prompts.edit_positions,
+                                                             EDIT_BRANCH, kind)
+            # the early stop watches the optimised ratio(s): every one of them must reach the target
+            act = torch.stack([acts[kind] for kind in CONSTRAINTS[config.constraint]]).min(dim=0).values
             if use_negative:
                 act_neg = mean_ratio(probe.records, mask, prompts.negative_positions, NEGATIVE_BRANCH)
                 if config.negative_scale:
                     loss = loss + config.negative_scale * act_neg ** 2
                 log.negative_ratios.append(float(act_neg.detach().mean()))
-            log.ratios.append(float(act.detach().mean()))
+            log.ratios.append(float(acts["token"].detach().mean()))
+            log.spatial_ratios.append(float(acts["spatial"].detach().mean()))
             log.losses.append(float(loss.detach().mean()))
             if first_map is None:
                 first_map = word_share_map(probe.records, prompts.edit_positions, EDIT_BRANCH)

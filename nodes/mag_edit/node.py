@@ -24,6 +24,8 @@ from .mag import PRESETS, preset
 
 CATEGORY = "ContextEdit/mag_edit"
 MAX_STEPS = 200
+# the node's names for MagConfig.constraint
+CONSTRAINTS = {"token ratio": "token", "spatial ratio": "spatial", "both": "both"}
 log = logging.getLogger(__name__)
 
 
@@ -102,12 +104,17 @@ def attention_image(before, after, out_h, out_w):
 
 
 def build_config(preset_name, steps, iterations=-1, scale=-1.0, optimize_until=-1.0, blend_from=-1.0,
-                 guidance=-1.0, ratio_target=-1.0):
-    """The preset with every knob >= 0 overriding it (steps: 0 = the preset's count)."""
+                 guidance=-1.0, ratio_target=-1.0, constraint="token ratio"):
+    """The preset with every knob >= 0 overriding it (steps: 0 = the preset's count), optimising
+    ``constraint`` (one of :data:`CONSTRAINTS`)."""
+    if constraint not in CONSTRAINTS:
+        raise InputError("constraint", f"'{constraint}' is not one of {tuple(CONSTRAINTS)}.",
+                         "Pick token ratio, spatial ratio or both.")
     if int(steps) != 0 and not 2 <= int(steps) <= MAX_STEPS:
         raise InputError("steps", f"{steps} is outside 2..{MAX_STEPS}.",
                          "Use 0 for the preset's count (paper 50, fast 30), or 2 to 200.")
     overrides = {"steps": int(steps)} if int(steps) > 0 else {}
+    overrides["constraint"] = CONSTRAINTS[constraint]
     if iterations >= 0:
         overrides["iterations"] = int(iterations)
     if scale >= 0:
@@ -160,6 +167,8 @@ class MagEdit(io.ComfyNode):
                              tooltip="DDIM steps for the inversion and the edit; 0 = the preset's (paper 50, fast 30). The other windows are fractions of this count."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip="Not used by the edit, which is deterministic (inversion, no random noise); change it only to force a re-run."),
+                io.Combo.Input("constraint", options=list(CONSTRAINTS), default="token ratio", optional=True,
+                               tooltip="What the latent optimisation raises inside the mask. token ratio: at masked pixels, the edit words' share of the attention (MAG-Edit's released code; both presets). spatial ratio: the share of the edit words' attention mass that lies inside the mask (loss 3 - 4*ratio, MAG-Edit's compute_ca_SR). both: the sum of the two losses. The paper picks one per edit."),
                 io.Int.Input("iterations", default=-1, min=-1, max=100, optional=True,
                              tooltip="Optimisation iterations per optimised step; -1 = the preset's (paper 15, fast 4)."),
                 io.Float.Input("scale", default=-1.0, min=-1.0, max=100.0, step=0.1, optional=True,
@@ -171,7 +180,7 @@ class MagEdit(io.ComfyNode):
                 io.Float.Input("guidance", default=-1.0, min=-1.0, max=30.0, step=0.1, optional=True,
                                tooltip="Classifier-free guidance scale of the sampling steps; -1 = the preset's (7.5)."),
                 io.Float.Input("ratio_target", default=-1.0, min=-1.0, max=1.0, step=0.01, optional=True,
-                               tooltip="Stop a step's iterations once the edit words hold this share of the attention in the mask; -1 = the preset's (paper: never, fast: 0.8); 1 = never stop early."),
+                               tooltip="Stop a step's iterations once the constraint's ratio (with both: each of the two) reaches this value; -1 = the preset's (paper: never, fast: 0.8); 1 = never stop early."),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent", tooltip="The edited latent (decode it with VAE Decode)."),
@@ -182,8 +191,8 @@ class MagEdit(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, source_prompt, target_prompt, latent, mask, preset, edit_words, negative_words,
-                steps, seed, iterations=-1, scale=-1.0, optimize_until=-1.0, blend_from=-1.0, guidance=-1.0,
-                ratio_target=-1.0) -> io.NodeOutput:
+                steps, seed, constraint="token ratio", iterations=-1, scale=-1.0, optimize_until=-1.0,
+                blend_from=-1.0, guidance=-1.0, ratio_target=-1.0) -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils
 
@@ -196,7 +205,8 @@ class MagEdit(io.ComfyNode):
             raise InputError("clip", "is not a CLIP.", "Connect the CLIP output of the same checkpoint loader.")
         samples_in = check_latent(latent)
         mask_lat = mask_for_latent(mask, tuple(samples_in.shape))
-        config = build_config(preset, steps, iterations, scale, optimize_until, blend_from, guidance, ratio_target)
+        config = build_config(preset, steps, iterations, scale, optimize_until, blend_from, guidance, ratio_target,
+                              constraint)
         prompts = prepare_prompts(clip_tokenizer(clip), clip_encoder(clip), source_prompt, target_prompt,
                                   edit_words, negative_words)
         unet = model.get_model_object("diffusion_model")

@@ -3,6 +3,7 @@ outputs, inputs and weights left untouched, gradients through ComfyUI's own (inf
 weights, input checks naming the input, and cancellation through ComfyUI's interrupt flag.
 (test_mag_comfy.py covers the engine's numbers on the ComfyUI denoiser.)"""
 
+import dataclasses
 import threading
 
 import pytest
@@ -135,13 +136,15 @@ def bad(case, sd15, ip2p_model):
         kw["preset"] = "slowest"
     elif case == "steps":
         kw["steps"] = 1
+    elif case == "constraint":
+        kw["constraint"] = "area ratio"
     return model, clip, latent, mask, kw
 
 
 BAD = {"mask_shape": "mask", "mask_empty": "mask", "mask_count": "mask", "edit_word_absent": "edit_words",
        "source_empty": "source_prompt", "target_empty": "target_prompt", "no_new_word": "target_prompt",
        "not_a_model": "model", "ip2p_model": "model", "latent": "latent", "guidance": "guidance",
-       "preset": "preset", "steps": "steps"}
+       "preset": "preset", "steps": "steps", "constraint": "constraint"}
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -159,6 +162,37 @@ def test_steps_zero_means_the_presets_count(node):
     assert node.build_config("paper", 0).steps == 50
     cfg = node.build_config("fast", 12, optimize_until=0.5)
     assert cfg.steps == 12 and cfg.step_counts()["optimize"] == 6 and cfg.inversion == "direct"
+
+
+def test_constraint_input_is_listed_and_reaches_the_engine(node):
+    spec = node.MagEdit.INPUT_TYPES()["optional"]["constraint"]
+    options = spec[1].get("options", spec[0])
+    assert list(options) == ["token ratio", "spatial ratio", "both"]
+    assert spec[1]["default"] == "token ratio"
+    for name, engine in (("token ratio", "token"), ("spatial ratio", "spatial"), ("both", "both")):
+        assert node.build_config("paper", 0, constraint=name).constraint == engine
+        assert node.build_config("fast", 0, constraint=name).constraint == engine
+
+
+def test_node_defaults_give_the_paper_preset_unchanged(comfyui_root, node):
+    """preset=paper with every other widget at its default is exactly MAG-Edit's settings
+    (pinned field by field in tests/test_mag_edit.py::test_paper_preset_is_pinned)."""
+    mag = pack_module(comfyui_root, "nodes.mag_edit.mag")
+    optional = node.MagEdit.INPUT_TYPES()["optional"]
+    defaults = {k: optional[k][1]["default"] for k in ("iterations", "scale", "optimize_until", "blend_from",
+                                                        "guidance", "ratio_target", "constraint")}
+    steps = node.MagEdit.INPUT_TYPES()["required"]["steps"][1]["default"]
+    cfg = node.build_config("paper", steps, **defaults)
+    assert dataclasses.asdict(cfg) == dataclasses.asdict(mag.PRESETS["paper"])
+
+
+def test_spatial_ratio_constraint_edits_differently(comfyui_root, sd15, node):
+    model, clip, _ = sd15
+    latent, mask = inputs()
+    token, _ = run(node, model, clip, latent, mask, ratio_target=1.0)
+    spatial, _ = run(node, model, clip, latent, mask, ratio_target=1.0, constraint="spatial ratio")
+    inside = (token["samples"] - spatial["samples"])[..., 4:12, 4:12]
+    assert float(inside.abs().max()) > 1e-3  # another loss, another latent update inside the mask
 
 
 @pytest.fixture
