@@ -73,7 +73,7 @@ def rewrite_pair(vlm, source, target, pair: dict, detail: str = "") -> dict:
 
 
 def score_pair(vlm, source, target, instruction: str, threshold: float = THRESHOLD) -> dict:
-    sc_reply = vlm.generate([source, target], SC_PROMPT.format(instruction=instruction),
+    sc_reply = vlm.generate([source, target], SC_PROMPT.replace("{instruction}", instruction),
                             max_new_tokens=SCORE_MAX_NEW_TOKENS).text
     sc, sc_reason = parse_score_reply(sc_reply)
     pq_reply = vlm.generate(target, PQ_PROMPT, max_new_tokens=SCORE_MAX_NEW_TOKENS).text

@@ -59,7 +59,7 @@ SC_PROMPT = _SCORE_HEADER + (
     "all, 10 means it follows the instruction perfectly.\n"
     "- Second score (no over-editing): 0 means the second image is a completely different scene, "
     "10 means it is a minimal yet effective edit of the original.\n"
-    "Editing instruction: {instruction}"
+    "Editing instruction: {instruction}"  # filled with str.replace: the header holds JSON braces
 )
 
 PQ_PROMPT = _SCORE_HEADER + (
