@@ -15,37 +15,48 @@ import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-spec = importlib.util.spec_from_file_location("contextedit", ROOT / "__init__.py",
-                                              submodule_search_locations=[str(ROOT)])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["contextedit"] = pack
-spec.loader.exec_module(pack)
-sys.path.insert(0, str(TESTS))
-
-import torch  # noqa: E402
-from contextedit.nodes.datagen import cli  # noqa: E402
-from contextedit.nodes.datagen.inpaint import Inpainter  # noqa: E402
-from contextedit.nodes.masks.sam import load_sam  # noqa: E402
-from datagen_common import ScriptedVLM, default_reply, tiny_sam_path, tiny_vlm  # noqa: E402
-from fixtures.tiny_inpaint import make_tiny_inpaint_folder, make_tiny_inpaint_single_file  # noqa: E402
-
-cache, call_log, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
-unreadable = {tuple(int(v) for v in s.split("x")) for s in os.environ.get("DATAGEN_UNREADABLE_GROUND", "").split(",") if s}
-slow = float(os.environ.get("DATAGEN_SLOW", "0"))
 
 
-def script(kind, size, input_size, prompt):
-    with open(call_log, "a") as handle:
-        handle.write(f"{kind} {size[0]}x{size[1]}\n")
-    time.sleep(slow)
-    if kind == "ground" and tuple(size) in unreadable:
-        return "I am not sure where anything is."
-    return default_reply(kind, size, input_size, prompt)
+def _load_pack():
+    root = TESTS.parent
+    if "contextedit" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("contextedit", root / "__init__.py",
+                                                      submodule_search_locations=[str(root)])
+        pack = importlib.util.module_from_spec(spec)
+        sys.modules["contextedit"] = pack
+        spec.loader.exec_module(pack)
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
 
 
-torch.set_num_threads(1)
-vlm = ScriptedVLM(tiny_vlm(cache), script)
-inpainter = Inpainter(make_tiny_inpaint_single_file(cache), config=make_tiny_inpaint_folder(cache), device="cpu",
-                      steps=2, resolution=64)
-raise SystemExit(cli.main(argv, vlm=vlm, sam=load_sam(tiny_sam_path(cache)), inpainter=inpainter))
+def main(argv) -> int:
+    _load_pack()
+    import torch
+    from contextedit.nodes.datagen import cli
+    from contextedit.nodes.datagen.inpaint import Inpainter
+    from contextedit.nodes.masks.sam import load_sam
+    from datagen_common import ScriptedVLM, default_reply, tiny_sam_path, tiny_vlm
+    from fixtures.tiny_inpaint import make_tiny_inpaint_folder, make_tiny_inpaint_single_file
+
+    cache, call_log, cli_args = argv[0], argv[1], argv[2:]
+    unreadable = {tuple(int(v) for v in s.split("x"))
+                  for s in os.environ.get("DATAGEN_UNREADABLE_GROUND", "").split(",") if s}
+    slow = float(os.environ.get("DATAGEN_SLOW", "0"))
+
+    def script(kind, size, input_size, prompt):
+        with open(call_log, "a") as handle:
+            handle.write(f"{kind} {size[0]}x{size[1]}\n")
+        time.sleep(slow)
+        if kind == "ground" and tuple(size) in unreadable:
+            return "I am not sure where anything is."
+        return default_reply(kind, size, input_size, prompt)
+
+    torch.set_num_threads(1)
+    vlm = ScriptedVLM(tiny_vlm(cache), script)
+    inpainter = Inpainter(make_tiny_inpaint_single_file(cache), config=make_tiny_inpaint_folder(cache),
+                          device="cpu", steps=2, resolution=64)
+    return cli.main(cli_args, vlm=vlm, sam=load_sam(tiny_sam_path(cache)), inpainter=inpainter)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
