@@ -10,6 +10,7 @@ from contextedit.nodes.datagen import cli, instruct
 from contextedit.nodes.datagen.inpaint import Inpainter
 from contextedit.nodes.datagen.runner import read_failures, read_json
 from contextedit.nodes.datagen.schemas import VALIDATORS
+from contextedit.nodes.errors import InputError
 from contextedit.nodes.masks import rle
 from contextedit.nodes.masks.sam import load_sam
 from contextedit.nodes.metrics import datasets
@@ -122,3 +123,22 @@ def test_score_and_rewrite_replies_that_cannot_be_read_raise():
     with pytest.raises(instruct.UnreadableReply, match="0..10"):
         instruct.parse_score_reply('{"score": [11, 3]}')
     assert instruct.parse_score_reply('<think>hmm</think> {"score": [3, 4.5], "reasoning": "ok"}') == ([3.0, 4.5], "ok")
+
+
+def test_describe_pair_for_the_node_never_fails_on_a_reply(generated_dir):
+    from PIL import Image
+
+    vlm = tiny_vlm(generated_dir)
+    source, edited = Image.new("RGB", (64, 48), (10, 20, 30)), Image.new("RGB", (64, 48), (200, 20, 30))
+    good = instruct.describe_pair(ScriptedVLM(vlm), source, edited, "remove the red box", "remove")
+    assert good["simple_instruction"] == "remove the red box" and good["target_caption"] == "after: remove the red box"
+    assert good["scores"]["overall"] == pytest.approx(math.sqrt(7 * 6), abs=1e-12)  # float64, one sqrt
+    assert good["keep"] is True and "VIEScore" in instruct.pair_report(good)
+    garbage = ScriptedVLM(vlm, lambda kind, size, input_size, prompt: "no idea")
+    bad = instruct.describe_pair(garbage, source, edited, "remove the red box", "remove")
+    assert bad["simple_instruction"] == "remove the red box" and bad["reasoning_instruction"] == ""
+    assert bad["scores"] is None and len(bad["notes"]) == 2
+    skipped = instruct.describe_pair(ScriptedVLM(vlm), source, edited, "remove the red box", "remove", score=False)
+    assert skipped["scores"] is None and [c[0] for c in garbage.calls] == ["rewrite", "sc"]
+    with pytest.raises(InputError, match="instruction"):
+        instruct.describe_pair(ScriptedVLM(vlm), source, edited, "  ")

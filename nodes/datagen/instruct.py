@@ -82,3 +82,40 @@ def score_pair(vlm, source, target, instruction: str, threshold: float = THRESHO
     return {"scores": {"SC": sc, "PQ": pq, "overall": score,
                        "reasoning": {"SC": sc_reason, "PQ": pq_reason}},
             "keep": score >= threshold}
+
+
+def describe_pair(vlm, source, target, instruction: str, task_type: str = "replace", score: bool = True,
+                  threshold: float = THRESHOLD) -> dict:
+    """Rewrite (and optionally score) one pair without ever failing on a reply: what the ComfyUI
+    node shows. An unreadable rewrite keeps ``instruction`` as the simple instruction and leaves
+    the rest empty; an unreadable or skipped score gives ``overall = -1``. ``notes`` says which."""
+    if not isinstance(instruction, str) or not instruction.strip():
+        from ..errors import InputError
+
+        raise InputError("instruction", "is empty.", "Type the edit that turns the source into the edited image.")
+    pair = {"instruction": [instruction.strip()], "task_type": task_type}
+    notes = []
+    try:
+        fields = rewrite_pair(vlm, source, target, pair)
+    except UnreadableReply as error:
+        fields = {"simple_instruction": instruction.strip(), "reasoning_instruction": "", "source_caption": "",
+                  "target_caption": "", "rewrite_reply": error.reply}
+        notes.append(f"could not read the rewrite reply ({error}); kept the given instruction")
+    result = dict(fields, scores=None, keep=None, notes=notes)
+    if score:
+        try:
+            result.update(score_pair(vlm, source, target, fields["simple_instruction"], threshold))
+        except UnreadableReply as error:
+            notes.append(f"could not read a score reply ({error})")
+    return result
+
+
+def pair_report(result: dict) -> str:
+    lines = [f"simple: {result['simple_instruction']}", f"reasoning: {result['reasoning_instruction']}",
+             f"source caption: {result['source_caption']}", f"target caption: {result['target_caption']}"]
+    scores = result.get("scores")
+    if scores:
+        lines.append(f"VIEScore: SC {scores['SC']} PQ {scores['PQ']} overall {scores['overall']:.2f} "
+                     f"({'kept' if result['keep'] else 'dropped'})")
+    lines += [f"note: {note}" for note in result.get("notes", [])]
+    return "\n".join(lines)
