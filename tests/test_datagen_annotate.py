@@ -91,3 +91,47 @@ def test_schema_names_the_bad_field():
                                               "detailed_caption": "", "replace_with": "", "replace_with_caption": ""}]}
     with pytest.raises(SchemaError, match=r"annotations\[0\]\.bbox"):
         VALIDATORS["ground"](record)
+
+
+def test_grounding_dino_path_matches_transformers_with_the_repos_thresholds(tmp_path, vlm, generated_dir):
+    import re
+
+    import torch
+    from contextedit.nodes.datagen.annotate import GroundingDino
+    from fixtures.tiny_grounding import make_tiny_grounding_dino
+    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+    folder = make_tiny_grounding_dino(generated_dir)
+    images = write_images(tmp_path / "images")
+    pipe = Pipeline(tmp_path / "run", images, vlm=ScriptedVLM(vlm), grounding_dino=str(folder), device="cpu",
+                    progress=False, log=None)
+    assert not pipe.run("caption").failed and not pipe.run("ground").failed
+    assert isinstance(pipe.grounding_dino, GroundingDino)
+    processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+    model = AutoModelForZeroShotObjectDetection.from_pretrained(str(folder), local_files_only=True).eval()
+    total = 0
+    for item, (w, h) in SIZES.items():
+        record = read_json(pipe.output("ground", item))
+        VALIDATORS["ground"](record)
+        assert record["grounder"] == "grounding_dino" and record["prompt"] == "red box.blue disc."
+        image = annotate.load_image(images / f"{item}.png")
+        inputs = processor(images=image, text="red box.blue disc.", return_tensors="pt")
+        with torch.inference_mode():
+            result = processor.post_process_grounded_object_detection(
+                model(**inputs), inputs["input_ids"], threshold=0.4, text_threshold=0.3, target_sizes=[(h, w)])[0]
+        expected = []
+        for box, score, label in zip(result["boxes"].tolist(), result["scores"].tolist(), result["text_labels"]):
+            key = re.sub(r"[^A-Za-z0-9]", "", label).lower()  # InsightEdit's find_matching_key_value
+            name = next((n for n in ("red box", "blue disc") if n.replace(" ", "") in key or key in n.replace(" ", "")), None)
+            clamped = [max(0, min(box[0], box[2])), max(0, min(box[1], box[3])),
+                       min(w, max(box[0], box[2])), min(h, max(box[1], box[3]))]
+            if name and key and clamped[2] > clamped[0] and clamped[3] > clamped[1]:
+                expected.append((name, clamped, score))
+        got = [(a["class_name"], a["bbox"], a["score"]) for a in record["annotations"]]
+        assert [g[0] for g in got] == [e[0] for e in expected]
+        for (_, box, score), (_, ref_box, ref_score) in zip(got, expected):
+            # same model, same float32 inputs, same post-processing: only the run-to-run float
+            # noise of a ~0.4M-parameter forward (well under 1e-4 px on a <100 px image)
+            assert np.allclose(box, ref_box, atol=1e-4) and abs(score - ref_score) < 1e-5
+        total += len(expected)
+    assert total > 0, "the tiny detector found nothing above the thresholds: the comparison would be empty"

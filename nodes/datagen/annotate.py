@@ -5,6 +5,9 @@
 - ground: the VLM locates every listed object; its reply is read by the pack's plan parser
   (executability.reply_parser: Qwen2.5-VL ``bbox_2d`` grounding lists, box conventions of each
   VLM family, boxes converted to source pixels);
+- ground (alternative): Grounding DINO through transformers from a local folder
+  (:class:`GroundingDino`), with InsightEdit's text prompt (the simple captions joined by ".")
+  and thresholds (box 0.4, text 0.3) and its matching of detected labels to the object list;
 - mask: the pack's SAM decoding (masks.sam.SamDecoder, one box prompt per object, SAM's single
   best mask), stored as COCO RLE. A box whose SAM mask is empty uses the box itself (the pack's
   rule in masks.sam.masks_for_plan), with a note.
@@ -166,3 +169,61 @@ def mask_annotations(sam, image, annotations: list) -> tuple[list, list]:
             continue
         kept.append(dict(ann, segmentation=rle.encode(binary), area=int(binary.sum()), mask_source=source))
     return kept, notes
+
+
+BOX_THRESHOLD = 0.4
+TEXT_THRESHOLD = 0.3
+
+
+class GroundingDino:
+    """A Grounding DINO folder (``AutoModelForZeroShotObjectDetection``), local files only."""
+
+    def __init__(self, path, device=None):
+        import torch
+        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            self.processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+            self.model = AutoModelForZeroShotObjectDetection.from_pretrained(
+                str(path), local_files_only=True).to(self.device).eval()
+        except (OSError, ValueError, KeyError) as error:
+            from ..errors import InputError
+
+            raise InputError("grounding_dino", f"'{path}' could not be loaded as a Grounding DINO folder "
+                             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}).",
+                             "Pass a local copy of e.g. IDEA-Research/grounding-dino-tiny (config.json, "
+                             "model.safetensors, processor and tokenizer files).") from None
+        self.path = str(path)
+
+    def detect(self, image, objects: list, box_threshold: float = BOX_THRESHOLD,
+               text_threshold: float = TEXT_THRESHOLD) -> dict:
+        """``{"annotations", "notes", "prompt"}``: detections matched to the caption's objects."""
+        import torch
+
+        prompt = "".join(obj["obj_simple_caption"].lower() + "." for obj in objects)
+        inputs = self.processor(images=image, text=prompt, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            outputs = self.model(**inputs)
+        sizes = [(image.height, image.width)]
+        try:
+            result = self.processor.post_process_grounded_object_detection(
+                outputs, inputs["input_ids"], threshold=box_threshold, text_threshold=text_threshold,
+                target_sizes=sizes)[0]
+        except TypeError:  # transformers < 4.51 named it box_threshold
+            result = self.processor.post_process_grounded_object_detection(
+                outputs, inputs["input_ids"], box_threshold=box_threshold, text_threshold=text_threshold,
+                target_sizes=sizes)[0]
+        labels = result["text_labels"] if "text_labels" in result else result["labels"]
+        annotations, notes = [], []
+        for box, score, label in zip(result["boxes"].tolist(), result["scores"].tolist(), labels):
+            obj = match_label(str(label), objects)
+            x1, y1 = max(0.0, min(box[0], box[2])), max(0.0, min(box[1], box[3]))
+            x2, y2 = min(float(image.width), max(box[0], box[2])), min(float(image.height), max(box[1], box[3]))
+            if obj is None:
+                notes.append(f"detected {label!r}, which matches no listed object; ignored")
+            elif not (x2 > x1 and y2 > y1):
+                notes.append(f"dropped the box of {label!r}: no area inside the image")
+            else:
+                annotations.append(_annotation(obj, [x1, y1, x2, y2], float(score)))
+        return {"annotations": annotations, "notes": notes, "prompt": prompt}

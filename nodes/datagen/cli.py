@@ -11,7 +11,8 @@ name, so ``python -m`` does not fit; the script bootstraps the package itself)::
     accelerate launch --num_processes 4 nodes/datagen/cli.py all ...   # data-parallel, same arguments
     torchrun --nproc_per_node 4 nodes/datagen/cli.py all ...
 
-Stages: caption (VLM: caption + object list), ground (VLM boxes), mask (SAM, COCO RLE), inpaint
+Stages: caption (VLM: caption + object list), ground (VLM boxes, or Grounding DINO with
+--grounding-dino), mask (SAM, COCO RLE), inpaint
 (remove / replace, each also reversed: add / replace back), rewrite (VLM: simple + reasoning
 instruction, captions), score (VLM: VIEScore SC / PQ, overall = sqrt(min SC * min PQ), keep when
 >= --threshold), export (JSONL + MagicBrush layout for the region trainer and the benchmark
@@ -21,7 +22,7 @@ seeds every item from --seed, and takes --limit.
 With several processes each takes every N-th item; ``all`` waits for every process between
 stages and exports on the first. Nothing is downloaded: models are paths, or names in the
 ComfyUI models folder given by --models-dir (models/LLM, models/sams, models/checkpoints,
-models/diffusers).
+models/diffusers, models/grounding-dino).
 """
 
 if __name__ == "__main__" and not __package__:
@@ -44,6 +45,7 @@ import argparse
 import os
 
 from . import inpaint as inpaint_mod
+from .annotate import BOX_THRESHOLD, TEXT_THRESHOLD
 from .export import export
 from .instruct import THRESHOLD
 from .pipeline import MAX_OBJECTS, STAGES, Pipeline
@@ -64,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inpainter", help="inpainting model: single file (needs --inpaint-config) or diffusers "
                    "folder, or a name in models/checkpoints / models/diffusers")
     p.add_argument("--inpaint-config", help="local diffusers folder with the single file's component configs")
+    p.add_argument("--grounding-dino", help="ground with Grounding DINO instead of the VLM: local folder, or name "
+                   "in models/grounding-dino (e.g. a copy of IDEA-Research/grounding-dino-tiny)")
+    p.add_argument("--box-threshold", type=float, default=BOX_THRESHOLD, help="Grounding DINO box threshold (the repo: 0.4)")
+    p.add_argument("--text-threshold", type=float, default=TEXT_THRESHOLD, help="Grounding DINO text threshold (the repo: 0.3)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this process's GPU, else CPU)")
     p.add_argument("--seed", type=int, default=0, help="base seed; each item's seed is derived from it")
     p.add_argument("--limit", type=int, help="first N items only (before splitting over processes)")
@@ -109,6 +115,8 @@ def build_pipeline(args, rank: int = 0, world: int = 1, **models) -> Pipeline:
     return Pipeline(
         args.out, args.images, vlm=models.get("vlm", args.vlm), sam=models.get("sam", args.sam),
         inpainter=models.get("inpainter", args.inpainter), inpaint_config=args.inpaint_config,
+        grounding_dino=models.get("grounding_dino", args.grounding_dino), box_threshold=args.box_threshold,
+        text_threshold=args.text_threshold,
         models_dir=args.models_dir, device=_device(args, rank, world), seed=args.seed, limit=args.limit,
         progress=not args.no_progress, threshold=args.threshold, max_objects=args.max_objects,
         replace=not args.no_replace, steps=args.steps, guidance=args.guidance, resolution=args.resolution,

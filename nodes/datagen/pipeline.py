@@ -52,6 +52,8 @@ class Pipeline:
     """``vlm``, ``sam``, ``inpainter``: loaded objects, or paths / model names (loaded lazily)."""
 
     def __init__(self, out, images=None, *, vlm=None, sam=None, inpainter=None, inpaint_config=None,
+                 grounding_dino=None, box_threshold: float = annotate.BOX_THRESHOLD,
+                 text_threshold: float = annotate.TEXT_THRESHOLD,
                  models_dir=None, device=None, seed: int = 0, limit: int | None = None,
                  progress: bool = True, threshold: float = instruct.THRESHOLD,
                  max_objects: int = MAX_OBJECTS, replace: bool = True,
@@ -62,6 +64,7 @@ class Pipeline:
         self.out = Path(out)
         self.images = Path(images) if images else None
         self._vlm, self._sam, self._inpainter = vlm, sam, inpainter
+        self._dino, self.box_threshold, self.text_threshold = grounding_dino, box_threshold, text_threshold
         self.inpaint_config, self.models_dir, self.device = inpaint_config, models_dir, device
         self.seed, self.limit, self.progress, self.threshold = seed, limit, progress, threshold
         self.max_objects, self.replace = max_objects, replace
@@ -98,6 +101,16 @@ class Pipeline:
             self._sam = load_sam(find_model(self._sam, "sams", self.models_dir, "SAM"), device=device,
                                  input_name="sam")
         return self._sam
+
+    @property
+    def grounding_dino(self):
+        """None when grounding is the VLM's."""
+        if isinstance(self._dino, (str, os.PathLike)):
+            from .models import find_model
+
+            self._dino = annotate.GroundingDino(
+                find_model(self._dino, "grounding-dino", self.models_dir, "Grounding DINO"), device=self.device)
+        return self._dino
 
     @property
     def inpainter(self):
@@ -155,9 +168,13 @@ class Pipeline:
     def _ground(self, item_id: str, seed: int) -> dict:
         record = self.previous("ground", item_id)
         image = annotate.load_image(record["image"])
-        found = annotate.ground_with_vlm(self.vlm, image, record["object_list"])
+        dino = self.grounding_dino
+        if dino is not None:
+            found = dino.detect(image, record["object_list"], self.box_threshold, self.text_threshold)
+        else:
+            found = annotate.ground_with_vlm(self.vlm, image, record["object_list"])
         return {k: record[k] for k in ("id", "image", "width", "height", "img_caption")} | {
-            "grounder": "vlm", "box_format": "xyxy", **found}
+            "grounder": "vlm" if dino is None else "grounding_dino", "box_format": "xyxy", **found}
 
     def _mask(self, item_id: str, seed: int) -> dict:
         record = self.previous("mask", item_id)
