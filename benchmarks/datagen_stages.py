@@ -38,7 +38,10 @@ def main():
     from contextedit.nodes.executability.vlm_runtime import GenerationResult
     from contextedit.nodes.masks.sam import load_sam
     from datagen_common import default_reply, kind_of, tiny_sam_path, tiny_vlm
-    from fixtures.tiny_inpaint import make_tiny_inpaint_folder, make_tiny_inpaint_single_file
+    from fixtures.tiny_inpaint import (
+        make_tiny_inpaint_folder,
+        make_tiny_inpaint_single_file,
+    )
     from fixtures.tiny_models import write_test_image
 
     class TimedVLM:

@@ -7,7 +7,11 @@ import json
 from pathlib import Path
 
 from contextedit.nodes.executability.vlm_runtime import GenerationResult, load_vlm
-from fixtures.tiny_models import make_tiny_qwen2_vl, make_tiny_sam_checkpoint, write_test_image
+from fixtures.tiny_models import (
+    make_tiny_qwen2_vl,
+    make_tiny_sam_checkpoint,
+    write_test_image,
+)
 
 # (width, height) of the test images; the red box sits at [0.1w, 0.2h, 0.45w, 0.8h]
 SIZES = {"a": (64, 64), "b": (80, 64), "c": (64, 72)}

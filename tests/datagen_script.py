@@ -36,7 +36,10 @@ def main(argv) -> int:
     from contextedit.nodes.datagen.inpaint import Inpainter
     from contextedit.nodes.masks.sam import load_sam
     from datagen_common import ScriptedVLM, default_reply, tiny_sam_path, tiny_vlm
-    from fixtures.tiny_inpaint import make_tiny_inpaint_folder, make_tiny_inpaint_single_file
+    from fixtures.tiny_inpaint import (
+        make_tiny_inpaint_folder,
+        make_tiny_inpaint_single_file,
+    )
 
     cache, call_log, cli_args = argv[0], argv[1], argv[2:]
     unreadable = {tuple(int(v) for v in s.split("x"))

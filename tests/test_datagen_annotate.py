@@ -8,7 +8,14 @@ from contextedit.nodes.datagen.runner import read_failures, read_json
 from contextedit.nodes.datagen.schemas import VALIDATORS, SchemaError
 from contextedit.nodes.masks import rle
 from contextedit.nodes.masks.sam import load_sam
-from datagen_common import SIZES, ScriptedVLM, red_box, tiny_sam_path, tiny_vlm, write_images
+from datagen_common import (
+    SIZES,
+    ScriptedVLM,
+    red_box,
+    tiny_sam_path,
+    tiny_vlm,
+    write_images,
+)
 from regions_common import one_thread  # noqa: F401
 
 

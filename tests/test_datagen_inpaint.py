@@ -11,7 +11,10 @@ from contextedit.nodes.datagen.schemas import validate_inpaint
 from contextedit.nodes.errors import InputError
 from contextedit.nodes.masks.sam import load_sam
 from datagen_common import SIZES, ScriptedVLM, tiny_sam_path, tiny_vlm, write_images
-from fixtures.tiny_inpaint import make_tiny_inpaint_folder, make_tiny_inpaint_single_file
+from fixtures.tiny_inpaint import (
+    make_tiny_inpaint_folder,
+    make_tiny_inpaint_single_file,
+)
 from fixtures.tiny_models import make_tiny_diffusers_sd
 from regions_common import one_thread  # noqa: F401
 
@@ -110,8 +113,8 @@ def test_inpaint_stage_writes_remove_add_replace_pairs(tmp_path, models):
 
 
 def test_sdxl_inpainting_folder_is_recognised_and_inpaints(generated_dir):
-    from PIL import Image
     from fixtures.tiny_inpaint import make_tiny_sdxl_inpaint_folder
+    from PIL import Image
 
     inpainter = inpaint.Inpainter(make_tiny_sdxl_inpaint_folder(generated_dir), device="cpu", steps=2, resolution=64)
     assert inpainter.sdxl and inpainter.unet_in_channels == 9

@@ -15,8 +15,18 @@ from contextedit.nodes.masks import rle
 from contextedit.nodes.masks.sam import load_sam
 from contextedit.nodes.metrics import datasets
 from contextedit.nodes.regions import train as T
-from datagen_common import SIZES, ScriptedVLM, default_reply, tiny_sam_path, tiny_vlm, write_images
-from fixtures.tiny_inpaint import make_tiny_inpaint_folder, make_tiny_inpaint_single_file
+from datagen_common import (
+    SIZES,
+    ScriptedVLM,
+    default_reply,
+    tiny_sam_path,
+    tiny_vlm,
+    write_images,
+)
+from fixtures.tiny_inpaint import (
+    make_tiny_inpaint_folder,
+    make_tiny_inpaint_single_file,
+)
 from regions_common import TINY_HEAD, one_thread, tiny_model_paths  # noqa: F401
 
 

@@ -12,7 +12,7 @@ def test_shard_limit_then_split_covers_every_item_once():
     assert runner.shard(ids, limit=4) == ["img00", "img01", "img02", "img03"]
     parts = [runner.shard(ids, limit=7, rank=r, world=3) for r in range(3)]
     assert parts[0] == ["img00", "img03", "img06"] and parts[1] == ["img01", "img04"]
-    assert sorted(sum(parts, [])) == sorted(ids)[:7]
+    assert sorted(i for part in parts for i in part) == sorted(ids)[:7]
     with pytest.raises(ValueError, match="limit"):
         runner.shard(ids, limit=-1)
 

@@ -80,7 +80,7 @@ def _is_sdxl_file(path: str) -> bool:
         from safetensors import safe_open
 
         with safe_open(path, framework="pt") as handle:
-            return any(k.startswith("conditioner.embedders.1.") for k in handle.keys())
+            return any(k.startswith("conditioner.embedders.1.") for k in handle.keys())  # noqa: SIM118 - safe_open is no dict
     return False
 
 
@@ -89,7 +89,10 @@ class Inpainter:
 
     def __init__(self, path, config=None, device=None, dtype=None, steps: int = STEPS,
                  guidance: float = GUIDANCE, resolution: int = RESOLUTION):
-        from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+        from diffusers import (
+            StableDiffusionInpaintPipeline,
+            StableDiffusionXLInpaintPipeline,
+        )
 
         path = os.fspath(path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

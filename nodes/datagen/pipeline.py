@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..masks import rle
-from . import annotate, inpaint as inpaint_mod, instruct
+from . import annotate, instruct
+from . import inpaint as inpaint_mod
 from .runner import read_json, run_stage, save_image_atomic
 from .schemas import VALIDATORS
 

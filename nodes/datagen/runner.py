@@ -33,7 +33,7 @@ FAILURES = "failures"
 
 def item_seed(base_seed: int, stage: str, item_id: str) -> int:
     """A 31-bit seed fixed by (base seed, stage, item id)."""
-    digest = hashlib.sha256(f"{int(base_seed)}/{stage}/{item_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{int(base_seed)}/{stage}/{item_id}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 

@@ -6,9 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from PIL import Image
-
 from fixtures.tiny_models import make_tiny_qwen2_vl, make_tiny_sam_checkpoint
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 VLM, SAM = "tiny-qwen2.5-vl", "sam_tiny.pth"
