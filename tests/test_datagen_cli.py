@@ -92,15 +92,23 @@ def test_corrupt_image_and_unreadable_reply_are_logged_and_the_run_completes(gen
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
                     reason="torchrun not installed next to the interpreter")
 def test_two_processes_split_the_items(generated_dir, tmp_path):
+    """`all` under torchrun: every stage's items split over both processes, each item done once,
+    stages separated by a barrier (stage N+1 sees what the other process finished), one export."""
     images = write_images(tmp_path / "images")
     out = tmp_path / "run"
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     proc = launch(generated_dir, tmp_path / "calls.txt",
-                  ["caption", "--images", str(images), "--out", str(out), "--device", "cpu"],
+                  ["all", "--images", str(images), "--out", str(out), "--device", "cpu"],
                   prefix=(torchrun, "--nproc_per_node", "2", "--master_port", "29561"))
-    text, _ = proc.communicate(timeout=600)
+    text, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, text[-3000:]
-    assert sorted(p.stem for p in (out / "caption").glob("*.json")) == sorted(SIZES)
-    lines = [c for c in calls(tmp_path / "calls.txt") if c.startswith("caption")]
-    assert len(lines) == len(SIZES)  # every item captioned once, by one of the two processes
-    assert "caption [0/2]" in text or "caption: 2 done" in text
+    for stage in STAGES:
+        assert sorted(p.stem for p in (out / stage).glob("*.json")) == sorted(SIZES), stage
+    made = calls(tmp_path / "calls.txt")
+    size_of = {f"{w}x{h}": item for item, (w, h) in SIZES.items()}
+    for kind in ("caption", "ground"):  # one call per item, whichever process made it
+        assert sorted(size_of[c.split()[1]] for c in made if c.split()[0] == kind) == sorted(SIZES), kind
+    pairs = sum(len(json.loads((out / "score" / f"{i}.json").read_text())["pairs"]) for i in SIZES)
+    assert sum(c.startswith("rewrite ") for c in made) == pairs  # every pair rewritten exactly once
+    assert text.count("export: ") == 1 and (out / "export" / "pairs.jsonl").is_file()
+    assert not (out / "failures").exists() or not any((out / "failures").iterdir())

@@ -18,8 +18,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import InputError
 from ..masks import rle
 from . import annotate, instruct
@@ -239,7 +237,3 @@ class Pipeline:
             pairs.append(dict(pair, **instruct.score_pair(self.vlm, source, target,
                                                            pair["simple_instruction"], self.threshold)))
         return dict(record, pairs=pairs, threshold=self.threshold)
-
-
-def mask_of(pair: dict) -> np.ndarray:
-    return rle.decode(pair["segmentation"])
