@@ -158,7 +158,9 @@ class Pipeline:
 
     # ---- stages: (item id, seed) -> record -------------------------------------------------
     def _caption(self, item_id: str, seed: int) -> dict:
-        path = list_images(self.images)[item_id]
+        if getattr(self, "_images_by_id", None) is None:  # listed once per run, not once per item
+            self._images_by_id = list_images(self.images)
+        path = self._images_by_id[item_id]
         image = annotate.load_image(path)
         result = annotate.caption_image(self.vlm, image)
         return {"id": item_id, "image": str(path.resolve()), "width": image.width, "height": image.height,
