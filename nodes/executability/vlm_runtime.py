@@ -313,9 +313,9 @@ class VLM:
                              "Resize or crop the image.") from None
         return self._input_size(processed.get("image_grid_thw"))
 
-    def build_chat(self, prompt_text: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "image"},
-                                                 {"type": "text", "text": prompt_text}]}]
+    def build_chat(self, prompt_text: str, n_images: int = 1) -> str:
+        content = [{"type": "image"} for _ in range(n_images)]
+        messages = [{"role": "user", "content": content + [{"type": "text", "text": prompt_text}]}]
         template_owner = self.processor
         if not getattr(self.processor, "chat_template", None):
             template_owner = self.processor.tokenizer
@@ -326,6 +326,9 @@ class VLM:
                  should_stop: Callable[[], bool] | None = None,
                  on_token: Callable[[int, int], None] | None = None) -> GenerationResult:
         """Greedy answer to ``prompt_text`` about ``image``; returns only the new text.
+
+        ``image`` may also be a list of images (e.g. an edit's source and result): they are shown
+        in that order before the text; ``model_input_size`` is then the first image's.
 
         ``should_stop()`` runs after every generated token: returning True ends generation
         early (the text so far is returned); raising (ComfyUI's interrupt) propagates. It is
@@ -340,10 +343,13 @@ class VLM:
                              f"{max_new_tokens!r}.", "Use e.g. 512.")
         if should_stop is not None and should_stop():
             return GenerationResult("", None, 0)
-        pil = to_pil(image)
-        chat = self.build_chat(prompt_text)
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        if not images:
+            raise InputError("image", "is an empty list.", "Pass at least one image.")
+        pils = [to_pil(one) for one in images]
+        chat = self.build_chat(prompt_text, len(pils))
         try:
-            inputs = self.processor(text=[chat], images=[pil], return_tensors="pt")
+            inputs = self.processor(text=[chat], images=pils, return_tensors="pt")
         except ValueError as error:
             raise InputError("image", f"the model's processor refused it ({error}).",
                              "Resize or crop the image.") from None

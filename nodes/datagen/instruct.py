@@ -1,0 +1,121 @@
+"""Instruction rewrite and quality score of an editing pair, by the VLM looking at both images.
+
+rewrite: a simple and a reasoning instruction (InsightEdit's instruction-recaption step) plus a
+one-sentence caption of each image (what the region trainer reads as t_o / t_e).
+
+score: VIEScore-style (Ku et al., 2024). The VLM answers two prompts (prompts.SC_PROMPT with both
+images, prompts.PQ_PROMPT with the edited one), each ``{"score": [a, b]}`` on 0..10. As in
+VIEScore, ``SC = min(a_sc, b_sc)``, ``PQ = min(a_pq, b_pq)`` and the overall score is
+``O = sqrt(SC * PQ)`` (0..10). The keep/drop threshold is ours: a pair is kept when
+``O >= THRESHOLD`` (6.0: both the edit and the image quality have to be rated clearly above the
+middle of the scale). InsightEdit's own filter scored 0..5 with GPT-4o and published no threshold.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..executability.lenient_json import find_values
+from .annotate import UnreadableReply
+from .prompts import PQ_PROMPT, REWRITE_PROMPT, SC_PROMPT
+
+THRESHOLD = 6.0
+REWRITE_MAX_NEW_TOKENS = 256
+SCORE_MAX_NEW_TOKENS = 128
+REWRITE_KEYS = ("simple_instruction", "reasoning_instruction", "source_caption", "target_caption")
+
+
+def _answer(reply: str) -> str:
+    return reply.rsplit("</think>", 1)[-1] if "</think>" in reply else reply
+
+
+def parse_rewrite_reply(reply: str) -> dict:
+    """The four rewrite fields, or UnreadableReply naming the missing ones."""
+    best = {}
+    for found in find_values(_answer(reply)):
+        if isinstance(found.value, dict):
+            lowered = {str(k).casefold(): v for k, v in found.value.items()}
+            fields = {k: " ".join(lowered[k].split()) for k in REWRITE_KEYS
+                      if isinstance(lowered.get(k), str) and lowered[k].strip()}
+            if len(fields) > len(best):
+                best = fields
+    missing = [k for k in REWRITE_KEYS if k not in best]
+    if missing:
+        raise UnreadableReply("rewrite", f"the reply lacks {', '.join(missing)}.", reply)
+    return best
+
+
+def parse_score_reply(reply: str, stage: str = "score") -> tuple[list, str]:
+    """([a, b] in 0..10, reasoning) from ``{"score": [a, b], "reasoning": ...}``."""
+    for found in find_values(_answer(reply)):
+        value = found.value
+        if isinstance(value, dict):
+            lowered = {str(k).casefold(): v for k, v in value.items()}
+            scores = lowered.get("score", lowered.get("scores"))
+            if (isinstance(scores, list) and len(scores) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    and 0 <= v <= 10 for v in scores)):
+                reasoning = lowered.get("reasoning")
+                return [float(v) for v in scores], reasoning if isinstance(reasoning, str) else ""
+    raise UnreadableReply(stage, "the reply has no \"score\": [a, b] with two numbers in 0..10.", reply)
+
+
+def overall(sc: list, pq: list) -> float:
+    """VIEScore's O = sqrt(min(SC) * min(PQ))."""
+    return math.sqrt(min(sc) * min(pq))
+
+
+def rewrite_pair(vlm, source, target, pair: dict, detail: str = "") -> dict:
+    prompt = REWRITE_PROMPT.format(instruction=pair["instruction"][0], task_type=pair["task_type"],
+                                   detail=detail or pair["task_type"])
+    reply = vlm.generate([source, target], prompt, max_new_tokens=REWRITE_MAX_NEW_TOKENS).text
+    return dict(parse_rewrite_reply(reply), rewrite_reply=reply)
+
+
+def score_pair(vlm, source, target, instruction: str, threshold: float = THRESHOLD) -> dict:
+    sc_reply = vlm.generate([source, target], SC_PROMPT.replace("{instruction}", instruction),
+                            max_new_tokens=SCORE_MAX_NEW_TOKENS).text
+    sc, sc_reason = parse_score_reply(sc_reply)
+    pq_reply = vlm.generate(target, PQ_PROMPT, max_new_tokens=SCORE_MAX_NEW_TOKENS).text
+    pq, pq_reason = parse_score_reply(pq_reply)
+    score = overall(sc, pq)
+    return {"scores": {"SC": sc, "PQ": pq, "overall": score,
+                       "reasoning": {"SC": sc_reason, "PQ": pq_reason}},
+            "keep": score >= threshold}
+
+
+def describe_pair(vlm, source, target, instruction: str, task_type: str = "replace", score: bool = True,
+                  threshold: float = THRESHOLD) -> dict:
+    """Rewrite (and optionally score) one pair without ever failing on a reply: what the ComfyUI
+    node shows. An unreadable rewrite keeps ``instruction`` as the simple instruction and leaves
+    the rest empty; an unreadable or skipped score gives ``overall = -1``. ``notes`` says which."""
+    if not isinstance(instruction, str) or not instruction.strip():
+        from ..errors import InputError
+
+        raise InputError("instruction", "is empty.", "Type the edit that turns the source into the edited image.")
+    pair = {"instruction": [instruction.strip()], "task_type": task_type}
+    notes = []
+    try:
+        fields = rewrite_pair(vlm, source, target, pair)
+    except UnreadableReply as error:
+        fields = {"simple_instruction": instruction.strip(), "reasoning_instruction": "", "source_caption": "",
+                  "target_caption": "", "rewrite_reply": error.reply}
+        notes.append(f"could not read the rewrite reply ({error}); kept the given instruction")
+    result = dict(fields, scores=None, keep=None, notes=notes)
+    if score:
+        try:
+            result.update(score_pair(vlm, source, target, fields["simple_instruction"], threshold))
+        except UnreadableReply as error:
+            notes.append(f"could not read a score reply ({error})")
+    return result
+
+
+def pair_report(result: dict) -> str:
+    lines = [f"simple: {result['simple_instruction']}", f"reasoning: {result['reasoning_instruction']}",
+             f"source caption: {result['source_caption']}", f"target caption: {result['target_caption']}"]
+    scores = result.get("scores")
+    if scores:
+        lines.append(f"VIEScore: SC {scores['SC']} PQ {scores['PQ']} overall {scores['overall']:.2f} "
+                     f"({'kept' if result['keep'] else 'dropped'})")
+    lines += [f"note: {note}" for note in result.get("notes", [])]
+    return "\n".join(lines)
