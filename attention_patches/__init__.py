@@ -12,7 +12,7 @@ result back. Only ``comfy_adapter`` imports ``comfy``, and only lazily.
 from .capture import AttentionCapture, CapturedMap
 from .controller import AttentionCall, AttentionController, LayerSelector, merge_heads, scaled_scores, split_heads
 from .injection import AttentionInjection, SourceAttentionStore, SourceRecorder
-from .masked_attention import MaskModulation, ModulationMode
+from .masked_attention import MaskModulation, ModulationMode, TokenRouting
 from .token_ratio import CrossAttentionProbe, StopForward
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "LayerSelector",
     "MaskModulation",
     "ModulationMode",
+    "TokenRouting",
     "merge_heads",
     "scaled_scores",
     "split_heads",
