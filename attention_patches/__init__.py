@@ -3,16 +3,16 @@
 A *controller* sees every attention call it is attached to as an :class:`AttentionCall` (projected
 q/k/v plus where and when the call happens) and returns the attention output, usually by calling
 ``call.attend`` (the host's own attention, or whatever another pack installed before us) on
-modified inputs. Capture (attention maps), CAMILA's mask modulation and InsightEdit's decoupled
-attention are controllers; ComfyUI (``comfy_adapter``) and diffusers (``diffusers_adapter``) are
-adapters that build the ``AttentionCall`` and route the result back. Only ``comfy_adapter``
-imports ``comfy``, and only lazily.
+modified inputs. Capture (attention maps), MAG-Edit's attention injection and cross-attention probe,
+and CAMILA's mask modulation are the controllers that exist; ComfyUI (``comfy_adapter``) and
+diffusers (``diffusers_adapter``) are adapters that build the ``AttentionCall`` and route the
+result back. Only ``comfy_adapter`` imports ``comfy``, and only lazily.
 """
 
 from .capture import AttentionCapture, CapturedMap
 from .controller import AttentionCall, AttentionController, LayerSelector, merge_heads, scaled_scores, split_heads
 from .injection import AttentionInjection, SourceAttentionStore, SourceRecorder
-from .masked_attention import MaskModulation, ModulationMode
+from .masked_attention import MaskModulation, ModulationMode, TokenRouting
 from .token_ratio import CrossAttentionProbe, StopForward
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "LayerSelector",
     "MaskModulation",
     "ModulationMode",
+    "TokenRouting",
     "merge_heads",
     "scaled_scores",
     "split_heads",

@@ -2,22 +2,43 @@
 
 In the chosen layers, for the text-conditioned branch only, edit regions attend with the prompt
 (text + image conditioning) and everything else attends with the image-only conditioning, i.e.
-the same layer's to_k/to_v applied to an empty-prompt encoding.
+the same layer's to_k/to_v applied to an empty-prompt encoding (position j of the empty encoding
+stands in for prompt token j).
 
-Two ways to mix, identical for binary masks, different for soft ones (mask edges after
-downsampling, feathered masks, strength-like soft masks):
+Which mask each token follows (``routing``; N instructions with masks M_k and token sets T_k):
+
+* ``PER_TOKEN`` (default) -- CAMILA: "the binary masks for all tokens are concatenated into a
+  unified mask M", so M[p, j] = M_k(p) for the instruction k that text token j belongs to. A pixel
+  inside instruction 1's mask uses the text score X for instruction 1's tokens and the image-only
+  score Y for instruction 2's tokens. Tokens that belong to no instruction (start/end/padding, the
+  separators between instructions) follow the union of the masks, max_k M_k(p): inside any edit
+  region they keep the prompt's sentence structure, outside every region the pixel's whole row is
+  the image-only attention, and with one instruction every token follows its mask.
+* ``FOI`` -- FoI's routing: one mask value per pixel (the union) for every token, and a pixel inside
+  M_k sees only the start/end/padding tokens and T_k (other instructions' tokens get -inf; soft
+  masks give them log M_k); a pixel in several masks sees the union of those sets.
+* without token sets (one region for the whole prompt) every token follows the union; both
+  routings then coincide.
+
+How the mask mixes (``mode``):
 
 * ``LOGITS`` -- CAMILA's formula, A' = softmax((X*M + Y*(1-M)) / sqrt(d)) with X = Q K_T^T and
-  Y = Q K_0^T. One attention distribution per pixel over the interpolated scores; the values it
-  weighs are the matching mix M*V_T + (1-M)*V_0 (so M=1 is exactly Attn(Q,K_T,V_T) and M=0
-  exactly Attn(Q,K_0,V_0)). Interpolating *scores* is sharper than interpolating outputs: a pixel
-  with M=0.5 follows whichever conditioning has the more peaked scores.
-* ``OUTPUT`` -- M*Attn(Q,K_T,V_T) + (1-M)*Attn(Q,K_0,V_0): two complete attentions blended
-  linearly, the behaviour of a soft latent blend.
+  Y = Q K_0^T, M per pixel and token. The values paired with the mixed scores are mixed the same
+  way, token by token: V'[p, j] = M[p, j] V_T[j] + (1 - M[p, j]) V_0[j], so a key and its value
+  always come from the same conditioning in the same proportion. Hence a binary M is exactly an
+  attention call over modified keys/values (token j from the prompt where M = 1, from the empty
+  prompt where M = 0): M = 1 everywhere is Attn(Q,K_T,V_T), M = 0 everywhere Attn(Q,K_0,V_0).
+* ``OUTPUT`` -- M*Attn(Q,K_T,V_T) + (1-M)*Attn(Q,K_0,V_0) with one M per pixel: two complete
+  attentions blended linearly, the behaviour of a soft latent blend. It has no per-token form, so
+  it needs FoI routing or a single instruction.
 
-Multi-instruction mode (FoI): each instruction k has a mask M_k and a set of token positions T_k.
-A pixel inside M_k attends only to the start/end/padding tokens and T_k; a pixel in several masks
-to the union; a pixel in no mask takes the image-only path.
+Composition with other packs (ComfyUI attn2 replaces run *inside* ``call.attend``): wherever the
+formula is an attention call -- rows whose mask values are all 0 or 1 in ``LOGITS`` (grouped by
+their pattern over tokens), both attentions of ``OUTPUT`` -- it is computed through
+``call.attend`` on modified keys/values, so the other pack acts on exactly what it would act on
+alone. Rows with soft values (mask edges) get our change as a delta on top of the inner result,
+attend(Q,K_T,V_T) + (ours - Attn(Q,K_T,V_T)), so an additive patch (out = attn + extra, IP-Adapter
+style) keeps its extra term there too.
 """
 
 import enum
@@ -30,11 +51,19 @@ import torch.nn.functional as F
 from .controller import AttentionCall, AttentionController, LayerSelector, apply_probs, chunk_branches, scaled_scores
 
 TEXT_BRANCH = "text"  # apply to the chunks whose context is the prompt's own encoding
+# At most this many distinct binary row patterns go through the inner attention as separate
+# calls (each is one attention over the batch); rows of rarer patterns take the delta path.
+MAX_PATTERNS = 16
 
 
 class ModulationMode(str, enum.Enum):
     LOGITS = "logits"
     OUTPUT = "output"
+
+
+class TokenRouting(str, enum.Enum):
+    PER_TOKEN = "per-token"   # CAMILA: M[p, j] = mask of the instruction token j belongs to
+    FOI = "foi"               # FoI: one M per pixel, other instructions' tokens hidden
 
 
 def resize_masks(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -50,9 +79,11 @@ class MaskModulation(AttentionController):
 
     masks: [N, H, W] in [0, 1], one per instruction (N=1 for a single region).
     empty_context: [1, T0, C] encoding of the empty prompt (the image-only conditioning).
-    token_sets: None (every prompt token drives every mask: single-region mode) or N lists of
-        positions in the prompt's token axis, instruction k's tokens (multi-instruction mode).
-    special_tokens: positions of start/end/padding tokens, always visible in multi mode.
+    token_sets: None (every prompt token follows the union of the masks: single-region mode) or N
+        lists of positions in the prompt's token axis, instruction k's tokens.
+    routing: how token sets are used, ``PER_TOKEN`` (CAMILA, default) or ``FOI`` (module doc).
+    special_tokens: positions of start/end/padding tokens (FoI keeps them visible everywhere;
+        per-token routing lets every token outside the sets follow the union).
     prompt_context: [1, L, C] the prompt's encoding, used to find the text branch when
         ``branches == TEXT_BRANCH``; otherwise ``branches`` is a set of cond_or_uncond ids.
     strength: 0 = unpatched, 1 = full modulation (linear blend of outputs).
@@ -64,6 +95,7 @@ class MaskModulation(AttentionController):
         empty_context: torch.Tensor,
         *,
         token_sets: Optional[Sequence[Sequence[int]]] = None,
+        routing: TokenRouting = TokenRouting.PER_TOKEN,
         special_tokens: Sequence[int] = (),
         prompt_context: Optional[torch.Tensor] = None,
         prompt_length: Optional[int] = None,
@@ -78,6 +110,12 @@ class MaskModulation(AttentionController):
             raise ValueError(f"{masks.shape[0]} masks but {len(token_sets)} token sets")
         if branches == TEXT_BRANCH and prompt_context is None:
             raise ValueError("branches='text' needs prompt_context to recognise the text branch")
+        self.routing = TokenRouting(routing)
+        self.mode = ModulationMode(mode)
+        if (self.mode is ModulationMode.OUTPUT and self.routing is TokenRouting.PER_TOKEN
+                and token_sets is not None and len(token_sets) > 1):
+            raise ValueError("mode 'output' blends two whole attentions per pixel and has no per-token form; "
+                             "use mode 'logits' for CAMILA's per-token mask, or FoI routing")
         self.masks = masks.detach().float().cpu()
         self.empty_context = empty_context.detach()
         self.token_sets = [sorted(set(int(t) for t in s)) for s in token_sets] if token_sets is not None else None
@@ -85,7 +123,6 @@ class MaskModulation(AttentionController):
         self.prompt_context = prompt_context.detach() if prompt_context is not None else None
         self.prompt_length = prompt_length or (prompt_context.shape[1] if prompt_context is not None else None)
         self.branches = branches
-        self.mode = ModulationMode(mode)
         self.strength = float(strength)
         self.selector = selector
         self._mask_cache = {}
@@ -93,6 +130,8 @@ class MaskModulation(AttentionController):
         self.calls_modified = 0
         self.places_modified = set()
         self.branches_modified = set()
+        self.rows_through_inner = 0   # pixel rows computed through call.attend (other packs act on them)
+        self.rows_as_delta = 0        # soft rows: our change added on top of the inner result
         self._calls_seen = 0
         self._warned = False
 
@@ -103,25 +142,50 @@ class MaskModulation(AttentionController):
             self._mask_cache[key] = resize_masks(self.masks, h, w).reshape(self.masks.shape[0], h * w).to(device)
         return self._mask_cache[key]
 
-    def _token_weights(self, masks_flat: torch.Tensor, n_tokens: int) -> Optional[torch.Tensor]:
-        """[Nq, T] visibility of each token for each pixel (multi mode), else None."""
-        if self.token_sets is None:
-            return None
+    def _prompt_layout(self, n_tokens: int) -> int:
         length = self.prompt_length or n_tokens
         if n_tokens % length != 0:
             raise RuntimeError(
                 f"ContextEdit attention mask: the conditioning has {n_tokens} tokens, which is not a multiple of the "
                 f"prompt's {length}; the instruction tokens cannot be located. Encode the same prompt you gave the node."
             )
-        owner = torch.zeros(len(self.token_sets), length, device=masks_flat.device)
+        return length
+
+    def _owner(self, length: int, device) -> torch.Tensor:
+        """[N, L] 1 where token j belongs to instruction k."""
+        owner = torch.zeros(len(self.token_sets), length, device=device)
         for k, positions in enumerate(self.token_sets):
             owner[k, [p for p in positions if p < length]] = 1.0
-        # [Nq, L]: token j owned by instruction k is seen with weight M_k(p); a pixel in two masks
-        # sees both token sets
+        return owner
+
+    def token_masks(self, masks_flat: torch.Tensor, n_tokens: int):
+        """The mask as the formula uses it, for pixels p and text tokens j.
+
+        Returns (weight [Nq, T], visibility [Nq, T] or None, pixel [Nq]): ``weight`` is M[p, j]
+        (mixes X/Y and V_T/V_0), ``visibility`` FoI's token routing (None = every token visible),
+        ``pixel`` the union max_k M_k(p) (the per-pixel M of OUTPUT mode).
+        """
+        union = masks_flat.max(dim=0).values                      # [Nq]
+        n_q = union.shape[0]
+        if self.token_sets is None:
+            return union.view(-1, 1).expand(n_q, n_tokens), None, union
+        length = self._prompt_layout(n_tokens)
+        reps = n_tokens // length
+        owner = self._owner(length, masks_flat.device)            # [N, L]
+        if self.routing is TokenRouting.PER_TOKEN:
+            # M[p, j] = M_k(p) for the instruction owning j (max if several); the rest follow the union
+            per_k = masks_flat.unsqueeze(-1) * owner.unsqueeze(1)   # [N, Nq, L]
+            owned = owner.sum(dim=0) > 0                            # [L]
+            weight = torch.where(owned.view(1, -1), per_k.max(dim=0).values, union.view(-1, 1))
+            return weight.repeat(1, reps), None, union
+        # FoI: a token owned by instruction k is seen with weight M_k(p); a pixel in two masks sees
+        # both token sets; start/end/padding always; pixels outside every mask see everything (they
+        # take the image-only path, where routing the prompt's tokens means nothing)
         vis = (masks_flat.transpose(0, 1) @ owner).clamp(max=1.0)
         if self.special_tokens:
             vis[:, [p for p in self.special_tokens if p < length]] = 1.0
-        return vis.repeat(1, n_tokens // length)
+        vis = torch.where((union > 0).view(-1, 1), vis, torch.ones_like(vis))
+        return union.view(-1, 1).expand(n_q, n_tokens), vis.repeat(1, reps), union
 
     # -- branch choice --------------------------------------------------------------------------
     def _patched_chunks(self, call: AttentionCall):
@@ -148,31 +212,30 @@ class MaskModulation(AttentionController):
         return out
 
     # -- the math -------------------------------------------------------------------------------
-    def _distributions(self, q, k, k0, heads, masks_flat):
-        """Per-pixel region weight m [1,1,Nq,1] and the attention distributions over the text
-        keys (p_t) and the empty-prompt keys (p_0), both [b, H, Nq, T]."""
-        pixel_m = masks_flat.max(dim=0).values  # [Nq]: inside any instruction's region
-        m = pixel_m.view(1, 1, -1, 1)
-        x = scaled_scores(q, k, heads)          # text(+image) scores
-        y = scaled_scores(q, k0, heads)         # image-only scores
-        vis = self._token_weights(masks_flat, k.shape[1])
-        if vis is not None:
-            x = x + torch.log(vis).view(1, 1, *vis.shape)  # log 0 = -inf: token hidden from that pixel
-        inside = m > 0
+    def _probs(self, q, k, k0, heads, weight, vis):
+        """Attention distributions [b, H, Nq, T]: LOGITS -> (A', None); OUTPUT -> (p_text, p_empty)."""
+        x = scaled_scores(q, k, heads)          # text(+image) scores X / sqrt(d)
+        y = scaled_scores(q, k0, heads)         # image-only scores Y / sqrt(d)
+        log_vis = torch.log(vis).view(1, 1, *vis.shape) if vis is not None else 0.0  # log 0 = -inf: hidden
         if self.mode is ModulationMode.LOGITS:
-            # where M == 0 use Y directly (0 * -inf would be NaN); one distribution for both value sets
-            p = torch.where(inside, m * x + (1 - m) * y, y).softmax(dim=-1)
-            return m, p, p
-        x = torch.where(inside, x, y)  # rows with M == 0 get zero weight below; keep them finite
-        return m, x.softmax(dim=-1), y.softmax(dim=-1)
+            w = weight.view(1, 1, *weight.shape)
+            return (w * x + (1 - w) * y + log_vis).softmax(dim=-1), None
+        return (x + log_vis).softmax(dim=-1), y.softmax(dim=-1)
+
+    def _math(self, q, k, v, k0, v0, heads, weight, vis, pixel) -> torch.Tensor:
+        """Our own modulated attention in fp32, [b, Nq, HD]."""
+        p, p_0 = self._probs(q, k, k0, heads, weight, vis)
+        if self.mode is ModulationMode.LOGITS:
+            w = weight.view(1, 1, *weight.shape)
+            return apply_probs(p * w, v.float(), heads) + apply_probs(p * (1 - w), v0.float(), heads)
+        mo = pixel.view(1, -1, 1)
+        return mo * apply_probs(p, v.float(), heads) + (1 - mo) * apply_probs(p_0, v0.float(), heads)
 
     def modulate(self, q, k, v, k0, v0, heads: int, masks_flat: torch.Tensor) -> torch.Tensor:
-        """Modulated attention for one chunk. q [b,Nq,HD], k/v [b,T,HD], k0/v0 [b,T,HD]."""
-        m, p_t, p_0 = self._distributions(q, k, k0, heads, masks_flat)
-        out_t = apply_probs(p_t, v, heads).float()
-        out_0 = apply_probs(p_0, v0, heads).float()
-        mo = m.view(1, -1, 1)
-        return (mo * out_t + (1 - mo) * out_0).to(v.dtype)
+        """The modulated attention written with our own math (no other pack involved).
+        q [b,Nq,HD], k/v [b,T,HD], k0/v0 [b,T,HD], masks_flat [N, Nq]."""
+        weight, vis, pixel = self.token_masks(masks_flat, k.shape[1])
+        return self._math(q, k, v, k0, v0, heads, weight, vis, pixel).to(v.dtype)
 
     def _empty_kv(self, call: AttentionCall):
         n_tokens = call.k.shape[1]
@@ -182,7 +245,7 @@ class MaskModulation(AttentionController):
 
     def effective_probs(self, call: AttentionCall):
         """Weight each query puts on each *text* key [B, H, Nq, T] as this controller applies it
-        (for capture/heat-maps): M * distribution on text keys inside patched chunks."""
+        (for capture/heat-maps): A' * M on the text keys (LOGITS), M * p_text (OUTPUT)."""
         probs = scaled_scores(call.q, call.k, call.heads).softmax(dim=-1)
         if not self.selector.matches(call):
             return probs
@@ -191,29 +254,108 @@ class MaskModulation(AttentionController):
             return probs
         k0, _ = self._empty_kv(call)
         masks_flat = self._pixel_masks(call.height, call.width, call.q.device)
+        weight, vis, pixel = self.token_masks(masks_flat, call.k.shape[1])
         for _, sl in chunks:
             b = call.q[sl].shape[0]
-            m, p_t, _ = self._distributions(call.q[sl], call.k[sl], k0.expand(b, -1, -1), call.heads, masks_flat)
-            mod = m * p_t
+            p, _ = self._probs(call.q[sl], call.k[sl], k0.expand(b, -1, -1), call.heads, weight, vis)
+            if self.mode is ModulationMode.LOGITS:
+                mod = p * weight.view(1, 1, *weight.shape)
+            else:
+                mod = p * pixel.view(1, 1, -1, 1)
             probs[sl] = probs[sl] + self.strength * (mod - probs[sl])
         return probs
+
+    # -- composition with whatever attention runs inside call.attend ----------------------------
+    def _attend_modified(self, call, rows, k0, v0, take_text, visible):
+        """call.attend on the whole batch (other packs see the batch layout they expect) with the
+        patched chunks' keys/values taken token by token from the prompt (take_text[j]) or the
+        empty prompt, restricted to the visible tokens; returns the patched rows [b, Nq, HD]."""
+        k, v = call.k.clone(), call.v.clone()
+        sel = take_text.view(1, -1, 1)
+        k[rows] = torch.where(sel, call.k[rows], k0.expand(len(rows), -1, -1))
+        v[rows] = torch.where(sel, call.v[rows], v0.expand(len(rows), -1, -1))
+        if visible is not None and not bool(visible.all()):
+            idx = visible.nonzero().view(-1)
+            k, v = k[:, idx], v[:, idx]
+        return call.attend(call.q, k, v)[rows].float()
+
+    def _through_inner(self, call, rows, inner, k0, v0, weight, vis, text_only):
+        """Rows whose (weight, visibility) pattern is binary, computed through call.attend, one call
+        per pattern. text_only: the pattern is visibility alone (OUTPUT's text attention).
+        Returns (result [b, Nq, HD] where done, done [Nq])."""
+        n_q = weight.shape[0]
+        parts = [] if text_only else [weight]
+        if vis is not None:
+            parts.append(vis)
+        res = inner.clone()
+        if not parts:  # nothing to route: the text attention is the inner result itself
+            return res, torch.ones(n_q, dtype=torch.bool, device=weight.device)
+        rows_key = torch.cat(parts, dim=1)
+        binary = ((rows_key == 0) | (rows_key == 1)).all(dim=1)
+        done = torch.zeros(n_q, dtype=torch.bool, device=weight.device)
+        if not bool(binary.any()):
+            return res, done
+        patterns, inverse, counts = torch.unique(rows_key[binary], dim=0, return_inverse=True, return_counts=True)
+        binary_idx = binary.nonzero().view(-1)
+        n_tok = weight.shape[1]
+        for g in counts.argsort(descending=True)[:MAX_PATTERNS].tolist():
+            pattern = patterns[g]
+            members = binary_idx[inverse == g]
+            take_text = torch.ones(n_tok, dtype=torch.bool, device=weight.device) if text_only \
+                else pattern[:n_tok] > 0.5
+            visible = (pattern[-n_tok:] > 0.5) if vis is not None else None
+            if bool(take_text.all()) and (visible is None or bool(visible.all())):
+                pass  # exactly the call the host made: keep the inner result
+            else:
+                res[:, members] = self._attend_modified(call, rows, k0, v0, take_text, visible)[:, members]
+            done[members] = True
+        return res, done
+
+    def _compose(self, call, rows, inner, k0, v0, masks_flat):
+        """The modulated attention of the patched rows [b, Nq, HD] (fp32)."""
+        q, k, v = call.q[rows], call.k[rows], call.v[rows]
+        b, heads = len(rows), call.heads
+        weight, vis, pixel = self.token_masks(masks_flat, k.shape[1])
+        k0b, v0b = k0.expand(b, -1, -1), v0.expand(b, -1, -1)
+        if self.mode is ModulationMode.LOGITS:
+            res, done = self._through_inner(call, rows, inner, k0, v0, weight, vis, text_only=False)
+            if not bool(done.all()):
+                # soft rows: our change as a delta on top of what the inner attention gave
+                ours = self._math(q, k, v, k0b, v0b, heads, weight, vis, pixel)
+                plain = apply_probs(scaled_scores(q, k, heads).softmax(dim=-1), v.float(), heads)
+                res[:, ~done] = inner[:, ~done] + (ours - plain)[:, ~done]
+        else:
+            text, done = self._through_inner(call, rows, inner, k0, v0, weight, vis, text_only=True)
+            if not bool(done.all()):
+                p_t = (scaled_scores(q, k, heads) + torch.log(vis).view(1, 1, *vis.shape)).softmax(dim=-1)
+                ours = apply_probs(p_t, v.float(), heads)
+                plain = apply_probs(scaled_scores(q, k, heads).softmax(dim=-1), v.float(), heads)
+                text[:, ~done] = inner[:, ~done] + (ours - plain)[:, ~done]
+            res = text
+            if bool((pixel < 1).any()):
+                empty = self._attend_modified(call, rows, k0, v0,
+                                              torch.zeros(k.shape[1], dtype=torch.bool, device=k.device), None)
+                mo = pixel.view(1, -1, 1)
+                res = mo * text + (1 - mo) * empty
+        self.rows_through_inner += int(done.sum())
+        self.rows_as_delta += int((~done).sum())
+        return res
 
     def modify(self, call: AttentionCall) -> torch.Tensor:
         out = call.attend(call.q, call.k, call.v)
         chunks = self._patched_chunks(call)
         if not chunks:
             return out
-        out = out.clone()
+        rows = torch.cat([torch.arange(call.q.shape[0], device=call.q.device)[sl] for _, sl in chunks])
         k0, v0 = self._empty_kv(call)
         masks_flat = self._pixel_masks(call.height, call.width, call.q.device)
-        for branch, sl in chunks:
-            b = call.q[sl].shape[0]
-            mod = self.modulate(call.q[sl], call.k[sl], call.v[sl], k0.expand(b, -1, -1), v0.expand(b, -1, -1),
-                                call.heads, masks_flat)
-            if self.strength != 1.0:
-                mod = out[sl] + self.strength * (mod - out[sl])
-            out[sl] = mod
-            self.branches_modified.add(branch)
+        inner = out[rows].float()
+        mod = self._compose(call, rows, inner, k0, v0, masks_flat)
+        if self.strength != 1.0:
+            mod = inner + self.strength * (mod - inner)
+        out = out.clone()
+        out[rows] = mod.to(out.dtype)
+        self.branches_modified.update(branch for branch, _ in chunks)
         self.calls_modified += 1
         self.places_modified.add(call.place)
         return out

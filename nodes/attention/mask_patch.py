@@ -5,19 +5,20 @@ word ids) and ``encode(text)`` (returns the [1, T, C] cross-attention conditioni
 """
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List
 
 import torch
 
-from ...attention_patches import LayerSelector, MaskModulation, ModulationMode
+from ...attention_patches import LayerSelector, MaskModulation, ModulationMode, TokenRouting
 from ...attention_patches.masked_attention import TEXT_BRANCH
 from ..errors import InputError
 from ..executability.instructions import split_instructions
 from ..masks.token_broadcaster import locate_phrases
 
-ROUTING_MULTI = "per instruction (FoI)"
-ROUTING_SINGLE = "whole prompt"
-ROUTINGS = (ROUTING_MULTI, ROUTING_SINGLE)
+ROUTING_CAMILA = "per token (CAMILA)"     # M[p, j] = mask of token j's instruction (the default)
+ROUTING_FOI = "per instruction (FoI)"     # one M per pixel; other instructions' tokens hidden
+ROUTING_SINGLE = "whole prompt"           # every token follows the union of the masks
+ROUTINGS = (ROUTING_CAMILA, ROUTING_FOI, ROUTING_SINGLE)
 
 BRANCH_CHOICES = {
     "text branch (auto)": TEXT_BRANCH,
@@ -97,7 +98,7 @@ def build_mask_modulation(
     spec: PromptSpec,
     *,
     mode: str = ModulationMode.LOGITS.value,
-    routing: str = ROUTING_MULTI,
+    routing: str = ROUTING_CAMILA,
     downscales=(32,),
     sigma_max: float = float("inf"),
     sigma_min: float = 0.0,
@@ -114,11 +115,16 @@ def build_mask_modulation(
     if prompt_context.shape[1] != lay.length:
         raise InputError("clip", f"encodes {prompt_context.shape[1]} tokens but tokenizes {lay.length}.",
                          "Use the CLIP that belongs to the model.")
-    multi = routing == ROUTING_MULTI and len(spec.instructions) > 0
+    multi = routing != ROUTING_SINGLE and len(spec.instructions) > 0
+    if mode == ModulationMode.OUTPUT.value and routing == ROUTING_CAMILA and len(spec.instructions) > 1:
+        raise InputError("mode", "'output' blends two whole attentions per pixel, so it cannot follow CAMILA's "
+                                 "per-token mask of several instructions.",
+                         f"Use mode 'logits' (CAMILA's formula), or routing '{ROUTING_FOI}' / '{ROUTING_SINGLE}'.")
     return MaskModulation(
         spec.masks.float(),
         empty_context,
         token_sets=positions if multi else None,
+        routing=TokenRouting.FOI if routing == ROUTING_FOI else TokenRouting.PER_TOKEN,
         special_tokens=lay.special,
         prompt_context=prompt_context,
         prompt_length=lay.length,
