@@ -20,13 +20,13 @@ as a boolean [L, L] mask; :func:`dense_attention` uses it and is the reference i
 Pure torch; ComfyUI is handled in ``comfy_dit_adapter``.
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-Span = Tuple[int, int]
+Span = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,8 @@ class TextSegments:
     so index ``i`` maps to ``i % length``.
     """
 
-    segments: Tuple[Span, ...]
-    shared: Tuple[Span, ...] = ()
+    segments: tuple[Span, ...]
+    shared: tuple[Span, ...] = ()
     length: int = 0
 
     def __post_init__(self):
@@ -88,8 +88,8 @@ class TokenLayout:
     """Token counts of one joint-attention call: ``[text | image grid | reference grids...]``."""
 
     text: int
-    image_hw: Tuple[int, int]
-    refs_hw: Tuple[Tuple[int, int], ...] = ()
+    image_hw: tuple[int, int]
+    refs_hw: tuple[tuple[int, int], ...] = ()
 
     @property
     def image(self) -> int:
@@ -100,7 +100,7 @@ class TokenLayout:
         return self.text + self.image + sum(h * w for h, w in self.refs_hw)
 
 
-def pixel_groups(masks: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+def pixel_groups(masks: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """[h*w] long group of each token of an h x w grid: k (1-based) where instruction k's mask
     covers at least half of the token's area (the strongest mask where several do), 0 outside
     every mask. ``masks`` is [K, H, W] in instruction order, values in 0..1."""
@@ -120,7 +120,7 @@ class Group:
 
 
 def build_groups(segments: TextSegments, layout: TokenLayout, masks: torch.Tensor,
-                 device=None) -> List[Group]:
+                 device=None) -> list[Group]:
     """The query groups of one call and the keys each group sees (see the module docstring)."""
     if layout.text % max(segments.length, 1) != 0:
         raise ValueError(f"the call has {layout.text} text tokens, not a multiple of the "
@@ -152,7 +152,7 @@ def build_groups(segments: TextSegments, layout: TokenLayout, masks: torch.Tenso
     return groups
 
 
-def dense_allowed(groups: List[Group], total: int, device=None) -> torch.Tensor:
+def dense_allowed(groups: list[Group], total: int, device=None) -> torch.Tensor:
     """[total, total] bool: True where a query may attend to a key (the reference rule)."""
     allowed = torch.zeros(total, total, dtype=torch.bool, device=device)
     for grp in groups:
@@ -160,7 +160,7 @@ def dense_allowed(groups: List[Group], total: int, device=None) -> torch.Tensor:
     return allowed
 
 
-def _scatter(out: Optional[torch.Tensor], part: torch.Tensor, idx: torch.Tensor, total: int) -> torch.Tensor:
+def _scatter(out: torch.Tensor | None, part: torch.Tensor, idx: torch.Tensor, total: int) -> torch.Tensor:
     """Place a group's output rows (dim -2 for [B, L, C], dim 2 for [B, H, L, D])."""
     dim = 1 if part.dim() == 3 else 2
     if out is None:
@@ -171,7 +171,7 @@ def _scatter(out: Optional[torch.Tensor], part: torch.Tensor, idx: torch.Tensor,
 
 
 def grouped_attention(attend: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      groups: List[Group]) -> torch.Tensor:
+                      groups: list[Group]) -> torch.Tensor:
     """Split computation: ``attend(q_g, k_g, v_g)`` once per group (q/k/v are [B, H, L, D]);
     the outputs, in whatever layout ``attend`` returns ([B, L, H*D] or [B, H, L, D]), are put back
     in sequence order. Every query must belong to exactly one group."""

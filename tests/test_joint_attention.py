@@ -9,8 +9,14 @@ import math
 
 import pytest
 import torch
-from contextedit.attention_patches.joint_attention import (TextSegments, TokenLayout, build_groups, dense_allowed,
-                                                           dense_attention, grouped_attention)
+from contextedit.attention_patches.joint_attention import (
+    TextSegments,
+    TokenLayout,
+    build_groups,
+    dense_allowed,
+    dense_attention,
+    grouped_attention,
+)
 
 
 def loop_reference(q, k, v, seg_of_text, masks, layout, refs_follow):
