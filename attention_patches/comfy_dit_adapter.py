@@ -94,7 +94,8 @@ class DiTConfinement:
     ``branches``: the ``cond_or_uncond`` values whose rows are confined (0 = positive); other rows
     (uncond) go through the attention untouched. ``blocks``: None = every block, else a set of
     ``(block_type, index)`` with block_type 'double' / 'single' as the models name them.
-    ``sigma_max`` / ``sigma_min``: the noise window in which it acts.
+    ``sigma_max`` / ``sigma_min``: the noise window in which it acts. ``strength`` < 1 blends the
+    confined attention output with the unconfined one over the same tokens (0 = no confinement).
     """
 
     segments: TextSegments
@@ -103,6 +104,7 @@ class DiTConfinement:
     blocks: frozenset | None = None
     sigma_max: float = float("inf")
     sigma_min: float = 0.0
+    strength: float = 1.0
     last_layout: TokenLayout | None = field(default=None, init=False)
     calls: int = field(default=0, init=False)          # attention calls confined (for tests/tools)
     _cache: dict = field(default_factory=dict, init=False, repr=False)
@@ -112,6 +114,8 @@ class DiTConfinement:
         masks = self.masks
         if masks.dim() == 2:
             masks = masks.unsqueeze(0)
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"strength {self.strength} is outside 0..1")
         if masks.dim() != 3 or masks.shape[0] != self.segments.instructions:
             raise ValueError(f"{tuple(masks.shape)} masks for {self.segments.instructions} instruction segments")
         self.masks = masks.detach().float().cpu()
@@ -261,4 +265,9 @@ class _Call:
             n = self.layout.text
             q = torch.cat([apply_rope1(q[:, :, :n], self.rebase), q[:, :, n:]], dim=2)
             k = torch.cat([apply_rope1(k[:, :, :n], self.rebase), k[:, :, n:]], dim=2)
-        return grouped_attention(attend, q, k, v, self.groups)
+        out = grouped_attention(attend, q, k, v, self.groups)
+        strength = self.owner.strength
+        if strength < 1.0:
+            full = attend(q, k, v)
+            out = full + strength * (out - full)
+        return out

@@ -331,3 +331,21 @@ def test_unsupported_models_and_foreign_conditioning_are_refused(mods, models, c
     x, ref = rand(latent_shape("flux"), 1), rand(latent_shape("flux"), 2)
     with pytest.raises(ValueError, match="'positive' output"):
         call(mods, patched, "flux", x, text(11, 3), [ref])
+
+
+def test_strength_blends_confined_and_unconfined_attention(mods, models):
+    model = models["flux"]
+    x, ref = rand(latent_shape("flux"), 1), rand(latent_shape("flux"), 2)
+    ctx = torch.cat([text(5, 3), text(7, 4)], 1)
+    unconfined = call(mods, model, "flux", x, ctx, [ref])
+    _, off = confine(mods, model, 0, [5, 7], left_mask(), strength=0.0)
+    _, half = confine(mods, model, 0, [5, 7], left_mask(), strength=0.5)
+    _, full = confine(mods, model, 0, [5, 7], left_mask())
+    got_off, got_half, got_full = (call(mods, m, "flux", x, ctx, [ref]) for m in (off, half, full))
+    # strength 0 keeps only the full attention over the same tokens: the unpatched computation up
+    # to (full - 0 * (...)) float rounding, ~1e-7 of O(1)-O(10) values through 4 blocks
+    scale = unconfined.abs().max()
+    assert (got_off - unconfined).abs().max() <= 1e-5 * scale
+    gap = (got_full - unconfined).abs().max()
+    assert gap > 1e-3 * scale
+    assert 0 < (got_half - unconfined).abs().max() < gap
