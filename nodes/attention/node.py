@@ -11,24 +11,14 @@ from comfy_api.latest import io
 
 from ...attention_patches import LayerSelector, ModulationMode
 from ...attention_patches.capture import AttentionCapture
-from ...attention_patches.comfy_adapter import (
-    attn2_layers,
-    direct_transformer_options,
-    install_controller,
-)
+from ...attention_patches.comfy_adapter import attn2_layers, direct_transformer_options, install_controller
 from ..errors import InputError
 from ..executability.plan import as_plan_list
 from ..masks.token_broadcaster import clip_encoder, clip_tokenizer, locate_phrases
 from . import heatmap
 from .dit_node import dit_family, patch_dit_model
-from .mask_patch import (
-    BRANCH_CHOICES,
-    ROUTINGS,
-    build_mask_modulation,
-    instructions_from,
-    parse_downscales,
-    split_prompt,
-)
+from .mask_patch import (BRANCH_CHOICES, ROUTINGS, build_mask_modulation, instructions_from, parse_downscales,
+                         split_prompt)
 
 EditPlan = io.Custom("EDIT_PLAN")
 CATEGORY = "ContextEdit/attention"
