@@ -115,8 +115,15 @@ def pixel_groups(masks: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 
 @dataclass
 class Group:
-    queries: torch.Tensor   # long indices into the joint sequence
-    keys: torch.Tensor      # long indices into the joint sequence
+    queries: torch.Tensor      # long indices into the joint sequence
+    text_keys: torch.Tensor    # the text tokens this group sees
+    visual_from: int           # ... and every token from here on (all image / reference tokens):
+    visual_count: int          # that many
+
+    @property
+    def keys(self) -> torch.Tensor:
+        tail = torch.arange(self.visual_from, self.visual_from + self.visual_count, device=self.text_keys.device)
+        return torch.cat([self.text_keys, tail])
 
 
 def build_groups(segments: TextSegments, layout: TokenLayout, masks: torch.Tensor,
@@ -145,10 +152,10 @@ def build_groups(segments: TextSegments, layout: TokenLayout, masks: torch.Tenso
         queries = torch.cat([text_idx[owner == g], visual_idx[visual == g]])
         if queries.numel() == 0:
             continue
-        keys = torch.cat([text_idx[(owner == g) | (owner == -1)], visual_idx])
-        groups.append(Group(queries.to(device), keys.to(device)))
+        text_keys = text_idx[(owner == g) | (owner == -1)]
+        groups.append(Group(queries.to(device), text_keys.to(device), layout.text, visual.numel()))
     if shared_idx.numel():
-        groups.append(Group(shared_idx.to(device), torch.cat([shared_idx, visual_idx]).to(device)))
+        groups.append(Group(shared_idx.to(device), shared_idx.to(device), layout.text, visual.numel()))
     return groups
 
 
@@ -179,7 +186,10 @@ def grouped_attention(attend: Callable, q: torch.Tensor, k: torch.Tensor, v: tor
     total = q.shape[2]
     covered = 0
     for grp in groups:
-        part = attend(q.index_select(2, grp.queries), k.index_select(2, grp.keys), v.index_select(2, grp.keys))
+        # keys: the group's text tokens, then the whole visual tail (one contiguous block)
+        k_g = torch.cat([k.index_select(2, grp.text_keys), k[:, :, grp.visual_from:]], dim=2)
+        v_g = torch.cat([v.index_select(2, grp.text_keys), v[:, :, grp.visual_from:]], dim=2)
+        part = attend(q.index_select(2, grp.queries), k_g, v_g)
         out = _scatter(out, part, grp.queries, total)
         covered += grp.queries.numel()
     if covered != total:
