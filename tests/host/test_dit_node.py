@@ -146,3 +146,16 @@ def test_unsupported_models_and_mismatched_text_encoders_are_named(node, models,
     assert e.value.input_name == "masks"
     dit_node = pack_module(None, "nodes.attention.dit_node")
     assert dit_node.dit_family(sd15[0]) is None     # SD models keep the UNet path
+
+
+def test_whole_prompt_routing_gives_one_segment_over_the_union_of_the_masks(node, models, sd15):
+    clip = sd15[1]
+    patched, positive, _ = run(node, models["qwen_image"], clip, routing="whole prompt")
+    parts = [encode(clip, t)[0] for t in ("", PROMPT)]
+    # bit-identical: the same encoder on the same texts
+    assert torch.equal(positive[0][0], torch.cat(parts, dim=1))
+    fn = next(f for keys in patched.wrappers.values() for k, fs in keys.items()
+              if k.startswith("contextedit_dit_confine") for f in fs)
+    conf = next(c.cell_contents for c in fn.__closure__ if hasattr(c.cell_contents, "segments"))
+    assert conf.segments.instructions == 1
+    assert torch.equal(conf.masks[0], masks().amax(dim=0))
