@@ -21,7 +21,6 @@ import sys
 import time
 
 import torch
-
 from _common import ROOT, load_pack
 
 
@@ -73,7 +72,7 @@ def main():
         sys.path.insert(0, root)   # ComfyUI picks the GPU itself (import_comfy would force the CPU)
         import comfy.model_management
         import comfy.sample
-        import comfy.samplers  # noqa: F401
+        import comfy.samplers
         comfy = sys.modules["comfy"]
     else:
         comfy = import_comfy(root)

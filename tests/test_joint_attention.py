@@ -97,16 +97,16 @@ def attend_bld(q, k, v):
 
 
 @pytest.mark.parametrize("case", [
-    dict(),                                               # shared + 2 instructions + a same-grid reference
-    dict(shared=0, seg_lengths=(2, 3)),                   # no shared part, one instruction
-    dict(image_hw=(2, 5), refs_hw=((2, 5), (3, 3))),      # non-square; a second reference of another size
-    dict(B=1, repeat=2),                                  # text repeated to a batch's common length
+    {},                                               # shared + 2 instructions + a same-grid reference
+    {"shared": 0, "seg_lengths": (2, 3)},                   # no shared part, one instruction
+    {"image_hw": (2, 5), "refs_hw": ((2, 5), (3, 3))},      # non-square; a second reference of another size
+    {"B": 1, "repeat": 2},                                  # text repeated to a batch's common length
 ])
 def test_split_equals_the_rule_and_the_dense_reference(case):
     segments, seg_of_text, layout, q, k, v, masks = setup(**case)
     refs_follow = [tuple(hw) == tuple(layout.image_hw) for hw in layout.refs_hw]
     expected, group = loop_reference(q, k, v, seg_of_text, masks, layout, refs_follow)
-    assert len(set(g for g in group if g != "P")) >= 2  # the case really has several groups
+    assert len({g for g in group if g != "P"}) >= 2  # the case really has several groups
 
     groups = build_groups(segments, layout, masks)
     split = grouped_attention(attend_bld, q, k, v, groups)

@@ -21,6 +21,8 @@ from ..errors import InputError
 from .dit_conditioning import encode_segments
 from .mask_patch import BRANCH_CHOICES, ROUTING_SINGLE, ROUTINGS, instructions_from
 
+log = logging.getLogger(__name__)
+
 
 def dit_family(model):
     """'flux' / 'qwen_image' for a DiT the confinement supports, None for a UNet (the SD path) or
@@ -67,7 +69,7 @@ def patch_dit_model(model, clip, masks, prompt, plan, routing, start_percent, en
     spec = instructions_from(prompt, plan, masks)
     encode = _clip_encoder(clip)
     if not spec.instructions:
-        logging.warning("ContextEdit Attention Mask: the plan has no executable instruction; the model is left "
+        log.warning("ContextEdit Attention Mask: the plan has no executable instruction; the model is left "
                         "unpatched and the prompt is empty, so nothing is edited.")
         cond, extras = encode("")
         return model.clone(), [[cond, extras]], ""

@@ -147,7 +147,7 @@ def test_first_block_outputs_outside_the_masks_ignore_the_instruction_segments(m
     masks[0, :48, :64] = 1.0      # instruction 1: top-left quarter
     masks[1, 48:, :64] = 1.0      # instruction 2: bottom-left quarter -> right half is outside
     shared, s0 = text(3, 5), text(4, 6)
-    conf, patched = confine(mods, model, 3, [4, 6, 5], masks)
+    _conf, patched = confine(mods, model, 3, [4, 6, 5], masks)
     ctx_a = torch.cat([shared, s0, text(6, 7), text(5, 8)], 1)
     ctx_b = torch.cat([shared, s0, text(6, 9), text(5, 10)], 1)   # both instructions changed
     outs = outside_tokens()
@@ -240,7 +240,7 @@ def test_batch_rows_are_confined_like_single_images(mods, models, family):
     x = rand(latent_shape(family, 2), 1)
     ref = rand(latent_shape(family, 2), 2)
     ctx = torch.cat([text(3, 3), text(5, 4), text(7, 5)], 1).expand(2, -1, -1)
-    conf, patched = confine(mods, model, 3, [5, 7], left_mask())
+    _conf, patched = confine(mods, model, 3, [5, 7], left_mask())
     both = call(mods, patched, family, x, ctx, [ref])
     for i in range(2):
         one = call(mods, patched, family, x[i:i + 1], ctx[i:i + 1], [ref[i:i + 1]])

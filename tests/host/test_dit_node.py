@@ -120,13 +120,13 @@ def test_a_plan_pairs_masks_as_for_sd(node, models, sd15):
     m = torch.zeros(3, 96, 128)
     m[0, :48, :64] = 1.0
     m[2, 48:, :64] = 1.0
-    patched, positive, _ = run(node, models["flux"], sd15[1], prompt="", plan=plan, m=m)
+    _patched, positive, _ = run(node, models["flux"], sd15[1], prompt="", plan=plan, m=m)
     parts = [encode(sd15[1], t)[0] for t in ("", "make the hat red", "add a dog")]
     # bit-identical: the same encoder on the same texts, the non-executable item dropped
     assert torch.equal(positive[0][0], torch.cat(parts, dim=1))
 
     none = plan_mod.EditPlan(items=(plan_mod.EditItem("remove the sky", False),))
-    unpatched, empty, text = run(node, models["flux"], sd15[1], prompt="", plan=none, m=m[:1])
+    unpatched, _empty, text = run(node, models["flux"], sd15[1], prompt="", plan=none, m=m[:1])
     assert text == "" and not any(k.startswith("contextedit_dit_confine")
                                   for keys in unpatched.wrappers.values() for k in keys)
 
