@@ -16,6 +16,7 @@ from ..errors import InputError
 from ..executability.plan import as_plan_list
 from ..masks.token_broadcaster import clip_encoder, clip_tokenizer, locate_phrases
 from . import heatmap
+from .dit_node import dit_family, patch_dit_model
 from .mask_patch import (BRANCH_CHOICES, ROUTINGS, build_mask_modulation, instructions_from, parse_downscales,
                          split_prompt)
 
@@ -106,6 +107,9 @@ class AttentionMask(io.ComfyNode):
                 raise InputError("plan", f"holds {len(plans)} plans (one per image).",
                                  "Patch with one image's plan (edit a batch image by image).")
             plan = plans[0]
+        if dit_family(model) is not None:  # FLUX.1 (Kontext) / Qwen-Image(-Edit): joint-attention confinement
+            return io.NodeOutput(*patch_dit_model(model, clip, masks, prompt, plan, routing, start_percent,
+                                                  end_percent, strength, apply_to))
         _check_model(model)
         downscales = parse_downscales(resolutions)
         spec = instructions_from(prompt, plan, masks)
