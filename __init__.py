@@ -18,6 +18,7 @@ NODE_MODULES = (
     (".nodes.mag_edit.node", ("MagEdit",)),
     (".nodes.regions.node", ("LoadRegionPredictor", "PredictEditRegion")),
     (".nodes.metrics.node", ("EditMetrics",)),
+    (".nodes.image_stream.node", ("ImageStream",)),
 )
 
 
