@@ -19,6 +19,7 @@ NODE_MODULES = (
     (".nodes.regions.node", ("LoadRegionPredictor", "PredictEditRegion")),
     (".nodes.metrics.node", ("EditMetrics",)),
     (".nodes.datagen.node", ("RewriteEditInstruction",)),
+    (".nodes.image_stream.node", ("ImageStream",)),
 )
 
 

@@ -40,8 +40,10 @@ MODEL_FOLDERS = {
     "metrics": ModelFolder("metrics", "file", WEIGHT_EXTENSIONS,
                            "an evaluation network for ContextEdit Edit Metrics (CLIP Hugging Face folders, "
                            "DINO / SqueezeNet weights; see nodes/metrics/models.py)"),
+    "ipadapter": ModelFolder("ipadapter", "file", (".safetensors", ".bin"),
+                             "a plain IP-Adapter file (e.g. ip-adapter_sd15.safetensors, ip-adapter_sdxl.bin)"),
 }
-OWN_FOLDERS = ("sams", "LLM", "contextedit", "metrics")
+OWN_FOLDERS = ("sams", "LLM", "contextedit", "metrics", "ipadapter")
 
 
 def _folder_paths(fp=None):

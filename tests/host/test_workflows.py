@@ -6,11 +6,21 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
-from fixtures.tiny_models import make_tiny_qwen2_vl, make_tiny_sam_checkpoint
-from fixtures.tiny_models import make_tiny_clip_vision, make_tiny_t5_encoder
+from fixtures.tiny_ipadapter import (
+    SD15_CONTEXT,
+    TINY_SD15_WIDTHS,
+    VITL_PROJECTION,
+    make_vitl_clip_vision_standin,
+    write_ipadapter,
+)
+from fixtures.tiny_models import (
+    make_tiny_clip_vision,
+    make_tiny_qwen2_vl,
+    make_tiny_sam_checkpoint,
+    make_tiny_t5_encoder,
+)
 from fixtures.tiny_regions import make_tiny_region_predictor
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 API_FILES = sorted((REPO / "workflows" / "api").glob("*.json"))
@@ -51,6 +61,21 @@ def tiny_region_models(comfy_server, generated_dir):
     t5 = dirs["text_encoders"] / TINY_REGION["text_encoder"]
     if not t5.exists():
         shutil.copytree(make_tiny_t5_encoder(generated_dir), t5)
+
+
+STREAM_MODELS = {"clip_vision": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "ipadapter": "ip-adapter_sd15.safetensors"}
+
+
+@pytest.fixture(scope="module")
+def tiny_stream_models(comfy_server, generated_dir):
+    """Image Stream's models under the names insight_edit.json uses: a random ViT-L/14-shaped CLIP
+    vision (the smallest Load CLIP Vision recognises) in models/clip_vision and an IP-Adapter-format
+    file for the tiny SD1.5 widths and that CLIP's 768-wide embeddings in models/ipadapter."""
+    dirs = {k: Path(v) for k, v in comfy_server.model_dirs.items()}
+    link = dirs["clip_vision"] / STREAM_MODELS["clip_vision"]
+    if not link.exists():
+        link.symlink_to(make_vitl_clip_vision_standin(generated_dir))
+    write_ipadapter(dirs["ipadapter"] / STREAM_MODELS["ipadapter"], TINY_SD15_WIDTHS, SD15_CONTEXT, VITL_PROJECTION)
 
 
 def adapt_for_tiny_models(graph, tiny_checkpoints, image_name, steps=2):
@@ -105,7 +130,8 @@ def expected_image_size(graph, node_id, size=(128, 96)):
 
 
 @pytest.mark.parametrize("path", API_FILES, ids=[p.stem for p in API_FILES])
-def test_api_workflow_runs_headless(comfy_server, tiny_checkpoints, tiny_foreign_models, tiny_region_models, path):
+def test_api_workflow_runs_headless(comfy_server, tiny_checkpoints, tiny_foreign_models, tiny_region_models,
+                                    tiny_stream_models, path):
     image = Image.new("RGB", (128, 96), (120, 160, 200))
     name = comfy_server.upload_image(image, name=f"wf_{path.stem}.png")
     graph = adapt_for_tiny_models(json.loads(path.read_text()), tiny_checkpoints, name)
@@ -164,9 +190,28 @@ def test_flagship_ui_workflow_through_comfy_run(comfy_server, shipped_names):
     cmd = [sys.executable, "-m", "comfy_cli", "--skip-prompt", "run", "--workflow",
            str(REPO / "workflows" / "context_aware_edit.json"), "--wait", "--host", url.hostname,
            "--port", str(url.port), "--timeout", "600"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{comfy_server.log_tail()}"
     new = set(Path(comfy_server.output_dir).glob("contextedit_context_aware*.png")) - before
+    assert len(new) == 1
+    assert Image.open(next(iter(new))).size == (128, 96)
+
+
+def test_insight_edit_ui_workflow_through_comfy_run(comfy_server, shipped_names, tiny_stream_models):
+    """`comfy run --workflow` on insight_edit.json: comprehension check, masks, Attention Mask, Image
+    Stream (source image, outside the masks) and InstructPix2Pix DualCFGGuider sampling, unmodified."""
+    import subprocess
+    import sys
+    from urllib.parse import urlparse
+
+    url = urlparse(comfy_server.url)
+    before = set(Path(comfy_server.output_dir).glob("contextedit_insight_edit*.png"))
+    cmd = [sys.executable, "-m", "comfy_cli", "--skip-prompt", "run", "--workflow",
+           str(REPO / "workflows" / "insight_edit.json"), "--wait", "--host", url.hostname,
+           "--port", str(url.port), "--timeout", "600"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{comfy_server.log_tail()}"
+    new = set(Path(comfy_server.output_dir).glob("contextedit_insight_edit*.png")) - before
     assert len(new) == 1
     assert Image.open(next(iter(new))).size == (128, 96)
 
