@@ -14,7 +14,6 @@ controller (which isolates the cost of the modulation itself from processor diff
 """
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -52,28 +51,13 @@ def sample(unet, host, x, ctx, steps, sync):
 
 
 def comfy_main(args):
-    import os
-    import sys
-    import tempfile
-    from pathlib import Path
+    from _common import comfy_tiny_sd15, half_masks
+    from host.inprocess import pack_module
 
-    from _common import ROOT
-
-    root = os.environ.get("COMFYUI_PATH")
-    if not root:
-        sys.exit("--comfy needs COMFYUI_PATH")
-    sys.path.insert(0, str(ROOT / "tests"))
-    from host.inprocess import import_comfy, load_checkpoint, pack_module
-    from host.tiny_checkpoints import SD15_NAME, ensure_tiny_checkpoints
-
-    comfy = import_comfy(root)
-    ckpt = ensure_tiny_checkpoints(Path(tempfile.gettempdir()) / "contextedit_bench" / "checkpoints", root)[SD15_NAME]
-    model, clip, _ = load_checkpoint(root, ckpt)
+    root, comfy, (model, clip, _) = comfy_tiny_sd15()
     node = pack_module(root, "nodes.attention.node")
     side = 64 if args.full else 16
-    masks = torch.zeros(2, side * 8, side * 8)
-    masks[0, :, : side * 4] = 1
-    masks[1, :, side * 4:] = 1
+    masks = half_masks(side)
     res = node.AttentionMask.execute(model=model, clip=clip, masks=masks, prompt="make it autumn\nadd snow",
                                      mode="logits", routing="per instruction (FoI)", resolutions="32",
                                      start_percent=0.0, end_percent=1.0, strength=1.0, apply_to="text branch (auto)")

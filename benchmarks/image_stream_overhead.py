@@ -157,28 +157,17 @@ def diffusers_main(args):
 
 def comfy_main(args):
     import json
-    import os
-    import sys
     import tempfile
     from pathlib import Path
 
-    from _common import ROOT
+    from _common import comfy_tiny_sd15, half_masks
 
-    root = os.environ.get("COMFYUI_PATH")
-    if not root:
-        sys.exit("--comfy needs COMFYUI_PATH")
-    sys.path.insert(0, str(ROOT / "tests"))
-    from fixtures.tiny_ipadapter import SD15_CONTEXT, TINY_SD15_WIDTHS, write_ipadapter
-    from host.inprocess import import_comfy, load_checkpoint, pack_module
-    from host.tiny_checkpoints import SD15_NAME, ensure_tiny_checkpoints
-
-    comfy = import_comfy(root)
+    root, _, (model, clip, _) = comfy_tiny_sd15()
     import comfy.clip_vision
     import folder_paths
+    from fixtures.tiny_ipadapter import SD15_CONTEXT, TINY_SD15_WIDTHS, write_ipadapter
+    from host.inprocess import pack_module
 
-    cache = Path(os.environ.get("CONTEXTEDIT_TEST_CACHE") or Path(tempfile.gettempdir()) / "contextedit_bench")
-    ckpt = ensure_tiny_checkpoints(cache / "checkpoints", root)[SD15_NAME]
-    model, clip, _ = load_checkpoint(root, ckpt)
     work = Path(tempfile.mkdtemp(prefix="contextedit_stream_bench_"))
     write_ipadapter(work / "ip-adapter_sd15.safetensors", TINY_SD15_WIDTHS, SD15_CONTEXT, 24, seed=11)
     folder_paths.folder_names_and_paths["ipadapter"] = ([str(work)], {".safetensors"})
@@ -192,9 +181,7 @@ def comfy_main(args):
                              torch.randn(v.shape, generator=g) * 0.1) for k, v in clip_vision.get_sd().items()})
 
     side = 64 if args.full else 16
-    masks = torch.zeros(2, side * 8, side * 8)
-    masks[0, :, : side * 4] = 1
-    masks[1, :, side * 4:] = 1
+    masks = half_masks(side)
     image = torch.rand(1, side * 8, side * 8, 3, generator=g)
     stream_node = pack_module(root, "nodes.image_stream.node").ImageStream
     mask_node = pack_module(root, "nodes.attention.node").AttentionMask

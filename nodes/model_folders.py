@@ -80,7 +80,8 @@ def search_paths(kind: str, fp=None) -> list:
 
 
 def _is_hf_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json"))
+    """A Hugging Face model folder (config.json) or a diffusers pipeline folder (model_index.json)."""
+    return any(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "model_index.json"))
 
 
 def list_hf_folders(kind: str, fp=None, max_depth: int = 3) -> list:

@@ -17,6 +17,7 @@ from ...attention_patches.comfy_dit_adapter import (
     detect_family,
 )
 from ...attention_patches.masked_attention import TEXT_BRANCH
+from ..comfy_model import sigma_window
 from ..errors import InputError
 from .dit_conditioning import encode_segments
 from .mask_patch import BRANCH_CHOICES, ROUTING_SINGLE, ROUTINGS, instructions_from
@@ -63,9 +64,7 @@ def patch_dit_model(model, clip, masks, prompt, plan, routing, start_percent, en
         raise InputError("routing", f"'{routing}' is not one of {ROUTINGS}.", "Pick one from the list.")
     if apply_to not in BRANCH_CHOICES:
         raise InputError("apply_to", f"'{apply_to}' is not one of {tuple(BRANCH_CHOICES)}.", "Pick one from the list.")
-    if not 0.0 <= start_percent <= end_percent <= 1.0:
-        raise InputError("start_percent", f"{start_percent}..{end_percent} is not a valid range.",
-                         "Use 0 <= start_percent <= end_percent <= 1.")
+    sigma_max, sigma_min = sigma_window(model, start_percent, end_percent)
     spec = instructions_from(prompt, plan, masks)
     encode = _clip_encoder(clip)
     if not spec.instructions:
@@ -83,12 +82,11 @@ def patch_dit_model(model, clip, masks, prompt, plan, routing, start_percent, en
         raise InputError("clip", f"produces {seg.context.shape[-1]}-wide text features but the model expects {width}.",
                          "Use the text encoder that belongs to the model (T5-XXL + CLIP-L for FLUX.1, "
                          "Qwen2.5-VL for Qwen-Image).")
-    ms = model.get_model_object("model_sampling")
     branches = BRANCH_CHOICES[apply_to]
     confinement = DiTConfinement(
         seg.segments, region_masks,
         branches=(0,) if branches == TEXT_BRANCH else tuple(branches),
-        sigma_max=float(ms.percent_to_sigma(start_percent)), sigma_min=float(ms.percent_to_sigma(end_percent)),
+        sigma_max=sigma_max, sigma_min=sigma_min,
         strength=float(strength),
     )
     patched = confinement.install(model)

@@ -11,7 +11,8 @@ from comfy_api.latest import io
 
 from ...attention_patches import LayerSelector, ModulationMode
 from ...attention_patches.capture import AttentionCapture
-from ...attention_patches.comfy_adapter import attn2_layers, direct_transformer_options, install_controller
+from ...attention_patches.comfy_adapter import direct_transformer_options, install_controller
+from ..comfy_model import sigma_window, unet_cross_attention_layers
 from ..errors import InputError
 from ..executability.plan import as_plan_list
 from ..masks.token_broadcaster import clip_encoder, clip_tokenizer, locate_phrases
@@ -25,15 +26,7 @@ CATEGORY = "ContextEdit/attention"
 
 
 def _check_model(model, context_dim=None):
-    if model is None or not hasattr(model, "get_model_object"):
-        raise InputError("model", "is not a MODEL.", "Connect a model from a checkpoint loader.")
-    try:
-        layers = attn2_layers(model.get_model_object("diffusion_model"))
-    except Exception:
-        layers = {}
-    if not layers:
-        raise InputError("model", "has no UNet cross-attention layers (SD1.x / SDXL / InstructPix2Pix expected).",
-                         "Use a Stable Diffusion 1.x or SDXL family checkpoint.")
+    layers = unet_cross_attention_layers(model)
     if context_dim is not None:
         module = next(iter(layers.values()))
         expected = module.to_k.weight.shape[1]
@@ -41,14 +34,6 @@ def _check_model(model, context_dim=None):
             raise InputError("clip", f"produces {context_dim}-wide text features but the model expects {expected}.",
                              "Use the CLIP output of the same checkpoint loader as the model.")
     return layers
-
-
-def _sigma_window(model, start_percent, end_percent):
-    if not 0.0 <= start_percent <= end_percent <= 1.0:
-        raise InputError("start_percent", f"{start_percent}..{end_percent} is not a valid range.",
-                         "Use 0 <= start_percent <= end_percent <= 1.")
-    ms = model.get_model_object("model_sampling")
-    return float(ms.percent_to_sigma(start_percent)), float(ms.percent_to_sigma(end_percent))
 
 
 class AttentionMask(io.ComfyNode):
@@ -119,7 +104,7 @@ class AttentionMask(io.ComfyNode):
             empty = clip.encode_from_tokens_scheduled(clip.tokenize(""), show_pbar=False)
             return io.NodeOutput(model.clone(), empty, "")
         encode = clip_encoder(clip)
-        sigma_max, sigma_min = _sigma_window(model, start_percent, end_percent)
+        sigma_max, sigma_min = sigma_window(model, start_percent, end_percent)
         controller = build_mask_modulation(
             clip_tokenizer(clip), encode, spec, mode=mode, routing=routing, downscales=downscales,
             sigma_max=sigma_max, sigma_min=sigma_min, strength=strength, branch=apply_to,

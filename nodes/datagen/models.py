@@ -49,9 +49,4 @@ def find_model(value, kinds, models_dir=None, what: str = "model") -> str:
         return os.path.abspath(value)
     fp = local_folder_paths(models_dir)
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
-    if "diffusers" in kinds:  # diffusers pipeline folders hold model_index.json, not config.json
-        for root in fp.folder_names_and_paths["diffusers"][0]:
-            candidate = os.path.join(root, str(value))
-            if os.path.isfile(os.path.join(candidate, "model_index.json")):
-                return candidate
     return resolve_model(kinds, str(value), fp)

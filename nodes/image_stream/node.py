@@ -7,8 +7,9 @@ attention_patches/image_stream.py); the input MODEL is cloned, never changed.
 import torch
 from comfy_api.latest import io
 
-from ...attention_patches.comfy_adapter import attn2_layers, install_controller
+from ...attention_patches.comfy_adapter import install_controller
 from ...attention_patches.image_stream import GateMode, comfy_ip_order
+from ..comfy_model import sigma_window, unet_cross_attention_layers
 from ..errors import InputError
 from ..model_folders import list_models, resolve_model
 from .ipadapter_format import load_ipadapter
@@ -31,26 +32,10 @@ def _ipadapter_options():
 
 def model_layers(model):
     """The MODEL's cross-attention places in IP-Adapter order and their (inner, context) widths."""
-    if model is None or not hasattr(model, "get_model_object"):
-        raise InputError("model", "is not a MODEL.", "Connect a model from a checkpoint loader.")
-    try:
-        layers = attn2_layers(model.get_model_object("diffusion_model"))
-    except Exception:  # noqa: BLE001
-        layers = {}
-    if not layers:
-        raise InputError("model", "has no UNet cross-attention layers (SD1.x / SDXL / InstructPix2Pix expected).",
-                         "Use a Stable Diffusion 1.x or SDXL family checkpoint.")
+    layers = unet_cross_attention_layers(model)
     places = comfy_ip_order(layers)
     widths = [tuple(layers[p].to_k.weight.shape) for p in places]
     return places, widths
-
-
-def sigma_window(model, start_percent, end_percent):
-    if not 0.0 <= start_percent <= end_percent <= 1.0:
-        raise InputError("start_percent", f"{start_percent}..{end_percent} is not a valid range.",
-                         "Use 0 <= start_percent <= end_percent <= 1.")
-    ms = model.get_model_object("model_sampling")
-    return float(ms.percent_to_sigma(start_percent)), float(ms.percent_to_sigma(end_percent))
 
 
 class ImageStream(io.ComfyNode):
