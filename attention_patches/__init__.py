@@ -4,9 +4,12 @@ A *controller* sees every attention call it is attached to as an :class:`Attenti
 q/k/v plus where and when the call happens) and returns the attention output, usually by calling
 ``call.attend`` (the host's own attention, or whatever another pack installed before us) on
 modified inputs. Capture (attention maps), MAG-Edit's attention injection and cross-attention probe,
-and CAMILA's mask modulation are the controllers that exist; ComfyUI (``comfy_adapter``) and
-diffusers (``diffusers_adapter``) are adapters that build the ``AttentionCall`` and route the
-result back. Only ``comfy_adapter`` imports ``comfy``, and only lazily.
+CAMILA's mask modulation and InsightEdit's decoupled image stream (``image_stream``) are the
+controllers that exist; ComfyUI (``comfy_adapter``) and diffusers (``diffusers_adapter``) are
+adapters that build the ``AttentionCall`` and route the result back. DiT joint attention (FLUX.1,
+Qwen-Image) has its own grouping (``joint_attention``) and ComfyUI hook (``comfy_dit_adapter``),
+since it patches one joint text+image attention, not UNet cross-attention. Only the ComfyUI
+adapters import ``comfy``, and only lazily.
 """
 
 from .capture import AttentionCapture, CapturedMap

@@ -43,3 +43,24 @@ def pack_module(comfyui_root, name):
     """A module of the pack (e.g. 'nodes.attention.node'), imported after ComfyUI."""
     import_comfy(comfyui_root)
     return importlib.import_module(f"contextedit.{name}")
+
+
+def tiny_sdxl_layout_unet(comfyui_root, context_dim=16, seed=0):
+    """A ComfyUI UNetModel with SDXL's block layout (tiny channels; transformer depths 1 and 2,
+    linear proj), weights ~N(0, 0.02) from ``seed``: input 4-5 and 7-8, middle, output 0-5 hold
+    cross-attention, transformer index 1 included."""
+    import torch
+
+    comfy = import_comfy(comfyui_root)
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    torch.manual_seed(seed)
+    unet = UNetModel(image_size=32, in_channels=4, model_channels=32, out_channels=4, num_res_blocks=2,
+                     channel_mult=(1, 2, 4), num_head_channels=16, transformer_depth=[0, 0, 1, 1, 2, 2],
+                     transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2], transformer_depth_middle=2,
+                     context_dim=context_dim, use_spatial_transformer=True, use_linear_in_transformer=True,
+                     adm_in_channels=None, num_classes=None, dtype=torch.float32, device="cpu",
+                     operations=comfy.ops.disable_weight_init)
+    for p in unet.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    return unet

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from host.inprocess import import_comfy, load_checkpoint, pack_module
+from host.inprocess import import_comfy, load_checkpoint, pack_module, tiny_sdxl_layout_unet
 
 
 @pytest.fixture(scope="module")
@@ -317,19 +317,9 @@ def test_instructpix2pix_dual_cfg_three_conds(comfyui_root, ip2p, node):
 
 def test_sdxl_layout_selects_its_own_layers(comfyui_root, node):
     """A ComfyUI UNet with SDXL's block layout (tiny channels): 1/32 = input 7-8, middle, output 0-2."""
-    comfy = import_comfy(comfyui_root)
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-
     adapter = pack_module(comfyui_root, "attention_patches.comfy_adapter")
     ap = pack_module(comfyui_root, "attention_patches")
-    torch.manual_seed(0)
-    unet = UNetModel(image_size=32, in_channels=4, model_channels=32, out_channels=4, num_res_blocks=2,
-                     channel_mult=(1, 2, 4), num_head_channels=16, transformer_depth=[0, 0, 1, 1, 2, 2],
-                     transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2], transformer_depth_middle=2, context_dim=16,
-                     use_spatial_transformer=True, use_linear_in_transformer=True, adm_in_channels=None, num_classes=None,
-                     dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
-    for p in unet.parameters():
-        torch.nn.init.normal_(p, std=0.02)
+    unet = tiny_sdxl_layout_unet(comfyui_root)
     ctx = torch.randn(1, 8, 16)
     ctrl = ap.MaskModulation(torch.zeros(1, 128, 128), torch.randn(1, 8, 16), prompt_context=ctx, branches=[0])
     to = adapter.with_controller({"cond_or_uncond": [0]}, unet, ctrl)

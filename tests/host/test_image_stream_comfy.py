@@ -20,7 +20,7 @@ from fixtures.tiny_ipadapter import (
     ipadapter_tensors,
     write_ipadapter,
 )
-from host.inprocess import import_comfy, load_checkpoint, pack_module
+from host.inprocess import import_comfy, load_checkpoint, pack_module, tiny_sdxl_layout_unet
 
 SHIPPED_NAME = "ip-adapter_sd15.safetensors"
 EMBED = 24          # the tiny CLIP vision's projection width (ViT-H's would be 1024)
@@ -390,21 +390,11 @@ def test_ksampler_cfg_runs_with_the_stream(comfyui_root, sd15, node, clip_vision
 def test_sdxl_layout_unet_gets_the_term_in_every_cross_attention(comfyui_root):
     """A ComfyUI UNet with SDXL's block layout (tiny channels, depths 1 and 2, linear proj): every
     attn2 place, transformer index 1 included, is driven by its own file layer."""
-    comfy = import_comfy(comfyui_root)
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-
     adapter = pack_module(comfyui_root, "attention_patches.comfy_adapter")
     stream_mod = pack_module(comfyui_root, "attention_patches.image_stream")
     engine = pack_module(comfyui_root, "nodes.image_stream.stream_patch")
     fmt = pack_module(comfyui_root, "nodes.image_stream.ipadapter_format")
-    torch.manual_seed(0)
-    unet = UNetModel(image_size=32, in_channels=4, model_channels=32, out_channels=4, num_res_blocks=2,
-                     channel_mult=(1, 2, 4), num_head_channels=16, transformer_depth=[0, 0, 1, 1, 2, 2],
-                     transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2], transformer_depth_middle=2, context_dim=16,
-                     use_spatial_transformer=True, use_linear_in_transformer=True, adm_in_channels=None, num_classes=None,
-                     dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
-    for p in unet.parameters():
-        torch.nn.init.normal_(p, std=0.02)
+    unet = tiny_sdxl_layout_unet(comfyui_root)
     layers = adapter.attn2_layers(unet)
     places = stream_mod.comfy_ip_order(layers)
     assert places[:4] == [("input", 4, 0), ("input", 5, 0), ("input", 7, 0), ("input", 7, 1)]

@@ -179,41 +179,36 @@ def shipped_names(comfy_server, tiny_checkpoints, generated_dir):
     return SHIPPED
 
 
-def test_flagship_ui_workflow_through_comfy_run(comfy_server, shipped_names):
-    """`comfy run --workflow` on the UI-format file (comfy-cli converts it with /object_info)."""
+def comfy_run_ui_workflow(comfy_server, name, prefix):
+    """`comfy run --workflow` on workflows/<name>.json (comfy-cli converts the UI file with
+    /object_info); returns the one new output image whose name starts with ``prefix``."""
     import subprocess
     import sys
     from urllib.parse import urlparse
 
     url = urlparse(comfy_server.url)
-    before = set(Path(comfy_server.output_dir).glob("contextedit_context_aware*.png"))
+    before = set(Path(comfy_server.output_dir).glob(f"{prefix}*.png"))
     cmd = [sys.executable, "-m", "comfy_cli", "--skip-prompt", "run", "--workflow",
-           str(REPO / "workflows" / "context_aware_edit.json"), "--wait", "--host", url.hostname,
+           str(REPO / "workflows" / f"{name}.json"), "--wait", "--host", url.hostname,
            "--port", str(url.port), "--timeout", "600"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{comfy_server.log_tail()}"
-    new = set(Path(comfy_server.output_dir).glob("contextedit_context_aware*.png")) - before
+    new = set(Path(comfy_server.output_dir).glob(f"{prefix}*.png")) - before
     assert len(new) == 1
-    assert Image.open(next(iter(new))).size == (128, 96)
+    return Image.open(next(iter(new)))
+
+
+def test_flagship_ui_workflow_through_comfy_run(comfy_server, shipped_names):
+    """`comfy run --workflow` on the UI-format file (comfy-cli converts it with /object_info)."""
+    image = comfy_run_ui_workflow(comfy_server, "context_aware_edit", "contextedit_context_aware")
+    assert image.size == (128, 96)
 
 
 def test_insight_edit_ui_workflow_through_comfy_run(comfy_server, shipped_names, tiny_stream_models):
     """`comfy run --workflow` on insight_edit.json: comprehension check, masks, Attention Mask, Image
     Stream (source image, outside the masks) and InstructPix2Pix DualCFGGuider sampling, unmodified."""
-    import subprocess
-    import sys
-    from urllib.parse import urlparse
-
-    url = urlparse(comfy_server.url)
-    before = set(Path(comfy_server.output_dir).glob("contextedit_insight_edit*.png"))
-    cmd = [sys.executable, "-m", "comfy_cli", "--skip-prompt", "run", "--workflow",
-           str(REPO / "workflows" / "insight_edit.json"), "--wait", "--host", url.hostname,
-           "--port", str(url.port), "--timeout", "600"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{comfy_server.log_tail()}"
-    new = set(Path(comfy_server.output_dir).glob("contextedit_insight_edit*.png")) - before
-    assert len(new) == 1
-    assert Image.open(next(iter(new))).size == (128, 96)
+    image = comfy_run_ui_workflow(comfy_server, "insight_edit", "contextedit_insight_edit")
+    assert image.size == (128, 96)
 
 
 def test_forced_non_executable_equals_never_written(comfy_server, shipped_names, tiny_checkpoints):
