@@ -24,20 +24,15 @@ failed ones are tried again.
 """
 
 if __name__ == "__main__" and not __package__:
-    import importlib.machinery
-    import importlib.util
-    import pathlib
-    import sys
+    # run as a file: re-enter as a module of the pack (nodes/script_entry.py says why)
+    import importlib.util as _util
+    import pathlib as _pathlib
 
-    _root = pathlib.Path(__file__).resolve().parents[2]
-    if "contextedit" not in sys.modules:
-        _spec = importlib.machinery.ModuleSpec("contextedit", None, is_package=True)
-        _pack = importlib.util.module_from_spec(_spec)
-        _pack.__path__ = [str(_root)]
-        sys.modules["contextedit"] = _pack
-    from contextedit.nodes.metrics.runner import main as _main
-
-    raise SystemExit(_main())
+    _spec = _util.spec_from_file_location("_contextedit_script_entry",
+                                          _pathlib.Path(__file__).resolve().parents[1] / "script_entry.py")
+    _entry = _util.module_from_spec(_spec)
+    _spec.loader.exec_module(_entry)
+    raise SystemExit(_entry.run("nodes.metrics.runner"))
 
 import argparse
 import copy

@@ -29,22 +29,15 @@ Output folder: ``region_predictor.safetensors`` (the head, config in its metadat
 """
 
 if __name__ == "__main__" and not __package__:
-    # Run as a file: load the pack folder as package "contextedit" (without executing its
-    # __init__, which is ComfyUI's entry point) and re-enter through the package.
-    import importlib.machinery
-    import importlib.util
-    import pathlib
-    import sys
+    # run as a file: re-enter as a module of the pack (nodes/script_entry.py says why)
+    import importlib.util as _util
+    import pathlib as _pathlib
 
-    _root = pathlib.Path(__file__).resolve().parents[2]
-    if "contextedit" not in sys.modules:
-        _spec = importlib.machinery.ModuleSpec("contextedit", None, is_package=True)
-        _pack = importlib.util.module_from_spec(_spec)
-        _pack.__path__ = [str(_root)]
-        sys.modules["contextedit"] = _pack
-    from contextedit.nodes.regions.train import main as _main
-
-    raise SystemExit(_main())
+    _spec = _util.spec_from_file_location("_contextedit_script_entry",
+                                          _pathlib.Path(__file__).resolve().parents[1] / "script_entry.py")
+    _entry = _util.module_from_spec(_spec)
+    _spec.loader.exec_module(_entry)
+    raise SystemExit(_entry.run("nodes.regions.train"))
 
 import argparse
 import csv
