@@ -9,7 +9,10 @@ import math
 
 import pytest
 import torch
-from contextedit.nodes.attention.dit_conditioning import encode_prefixed_segments, encode_segments
+from contextedit.nodes.attention.dit_conditioning import (
+    encode_prefixed_segments,
+    encode_segments,
+)
 from contextedit.nodes.errors import InputError
 
 
