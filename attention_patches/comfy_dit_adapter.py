@@ -15,8 +15,10 @@ Only ComfyUI's own extension points are used, and only on a clone of the MODEL:
 
 Per model: FLUX.1 text ids are all zero, so concatenated segments keep their standalone positions.
 Qwen-Image gives text token i the RoPE position ``start + i``; the override rotates the text
-queries and keys of the patched rows by ``(index in own segment) - i``, so every segment sits where
-its standalone encoding puts it (rotations compose: R(d) R(p) = R(p + d)). Flux.2 (text positions
+queries and keys of the patched rows by ``(standalone position) - i`` (the index in the token's own
+segment, plus the segment's offset when it was encoded after a shared prefix such as
+Qwen-Image-Edit's picture), so every segment sits where its standalone encoding puts it
+(rotations compose: R(d) R(p) = R(p + d)). Flux.2 (text positions
 0..L-1, 4 RoPE axes, a different text encoder) and other DiTs are refused with a clear message.
 """
 

@@ -144,6 +144,21 @@ def test_the_image_is_refused_clearly_with_a_foreign_clip_or_a_batch(mods, dit, 
     assert e.value.input_name == "image"
 
 
+def test_flux_ignores_the_image_and_says_so(mods, comfyui_root, tiny_checkpoints, caplog):
+    from fixtures import tiny_dit
+    from host.inprocess import load_checkpoint
+
+    node, _dit_node, _ = mods
+    sd15_clip = load_checkpoint(comfyui_root, tiny_checkpoints.sd15)[1]
+    flux = tiny_dit.tiny_flux(context_in_dim=768, vec_in_dim=768)
+    with caplog.at_level("INFO"):
+        _, with_image, _ = run_node(node, flux, sd15_clip, picture())
+    assert any("'image' is used only with Qwen-Image" in r.getMessage() for r in caplog.records)
+    _, without, _ = run_node(node, flux, sd15_clip, None)
+    # the same text-only encoding either way: bit-identical
+    assert torch.equal(with_image[0][0], without[0][0])
+
+
 def call(adapter, model, x, context, ref, sigma=0.7):
     to = adapter.direct_transformer_options(model)
     to["cond_or_uncond"] = [0]
