@@ -15,8 +15,10 @@ Only ComfyUI's own extension points are used, and only on a clone of the MODEL:
 
 Per model: FLUX.1 text ids are all zero, so concatenated segments keep their standalone positions.
 Qwen-Image gives text token i the RoPE position ``start + i``; the override rotates the text
-queries and keys of the patched rows by ``(index in own segment) - i``, so every segment sits where
-its standalone encoding puts it (rotations compose: R(d) R(p) = R(p + d)). Flux.2 (text positions
+queries and keys of the patched rows by ``(standalone position) - i`` (the index in the token's own
+segment, plus the segment's offset when it was encoded after a shared prefix such as
+Qwen-Image-Edit's picture), so every segment sits where its standalone encoding puts it
+(rotations compose: R(d) R(p) = R(p + d)). Flux.2 (text positions
 0..L-1, 4 RoPE axes, a different text encoder) and other DiTs are refused with a clear message.
 """
 
@@ -166,7 +168,11 @@ class DiTConfinement:
             dm = executor.class_obj
             layout = layout_of_call(family, dm.patch_size, x, context, refs)
             rows = self.rows_of(x.shape[0], to)
-            if rows and layout.text % self.segments.length != 0:
+            if not rows:
+                # only other branches in this call (a negative too long to batch with the
+                # positive, say): nothing to confine, and its text need not fit our segments
+                return executor(*args, **kwargs)
+            if layout.text % self.segments.length != 0:
                 raise ValueError(
                     f"the positive conditioning has {layout.text} text tokens, but the ContextEdit Attention Mask "
                     f"patch was built for {self.segments.length}: connect the node's 'positive' output as the "
@@ -174,7 +180,7 @@ class DiTConfinement:
             self.last_layout = layout
             call = _Call(self, layout, rows, to.get("optimized_attention_override"),
                          self.groups_for(layout, x.device),
-                         self.text_rebase(dm, layout.text, x.dtype, x.device) if family == QWEN_IMAGE and rows else None)
+                         self.text_rebase(dm, layout.text, x.dtype, x.device) if family == QWEN_IMAGE else None)
             to = dict(to)
             to["optimized_attention_override"] = call.override
             if len(args) > to_pos:

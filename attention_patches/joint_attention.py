@@ -37,16 +37,23 @@ class TextSegments:
     spans of the shared part P (may be empty). Spans are ``(start, end)`` in the *real* text of
     ``length`` tokens; a call's text may repeat it (ComfyUI pads batched contexts by repetition),
     so index ``i`` maps to ``i % length``.
+
+    ``offsets`` (one per segment, default all 0): where segment g's first token sits in its
+    standalone encoding. A segment encoded after a shared prefix (Qwen-Image-Edit: the picture
+    tokens P, then the instruction) has offset ``len(P)``: its standalone sequence is ``[P | S_g]``.
     """
 
     segments: tuple[Span, ...]
     shared: tuple[Span, ...] = ()
     length: int = 0
+    offsets: tuple[int, ...] = ()
 
     def __post_init__(self):
         spans = list(self.segments) + list(self.shared)
         if len(self.segments) < 1:
             raise ValueError("TextSegments needs at least the image-only segment")
+        if self.offsets and (len(self.offsets) != len(self.segments) or min(self.offsets) < 0):
+            raise ValueError(f"offsets {self.offsets}: need one offset >= 0 per segment ({len(self.segments)})")
         covered = torch.zeros(self.length, dtype=torch.int64)
         for a, b in spans:
             if not 0 <= a <= b <= self.length:
@@ -67,20 +74,24 @@ class TextSegments:
         return owner
 
     def position_in_segment(self) -> torch.Tensor:
-        """[length] long: each token's index inside its own span (its standalone position)."""
+        """[length] long: each token's position in its standalone encoding (its index inside its own
+        span, plus the segment's offset)."""
         pos = torch.zeros(self.length, dtype=torch.long)
-        for a, b in list(self.segments) + list(self.shared):
+        offsets = self.offsets or (0,) * len(self.segments)
+        for (a, b), off in zip(self.segments, offsets):
+            pos[a:b] = torch.arange(b - a) + off
+        for a, b in self.shared:
             pos[a:b] = torch.arange(b - a)
         return pos
 
     @staticmethod
-    def from_lengths(shared: int, segment_lengths: Sequence[int]) -> "TextSegments":
+    def from_lengths(shared: int, segment_lengths: Sequence[int], offsets: Sequence[int] = ()) -> "TextSegments":
         """Layout ``[P | S0 | S1 | ... | SK]`` from the token count of each part."""
         spans, start = [], shared
         for n in segment_lengths:
             spans.append((start, start + n))
             start += n
-        return TextSegments(tuple(spans), ((0, shared),) if shared else (), start)
+        return TextSegments(tuple(spans), ((0, shared),) if shared else (), start, tuple(offsets))
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,14 @@ sequence, as T5's self-attention does), so a span cut from a joint encoding diff
 standalone encoding; the helper must return the standalone ones.
 """
 
+import math
+
 import pytest
 import torch
-from contextedit.nodes.attention.dit_conditioning import encode_segments
+from contextedit.nodes.attention.dit_conditioning import (
+    encode_prefixed_segments,
+    encode_segments,
+)
 from contextedit.nodes.errors import InputError
 
 
@@ -75,3 +80,54 @@ def test_bad_encoders_and_inputs_are_refused_clearly():
         encode_segments(lambda text: bidirectional_encoder(next(widths))(text), ["a", "b"])
     with pytest.raises(InputError, match=r"\[1, tokens, channels\]"):
         encode_segments(lambda text: torch.zeros(2, 3), ["a"])
+
+
+def causal_picture_encoder(width=6, picture_rows=4, template=3):
+    """A stand-in shaped like Qwen-Image-Edit's encoder: input = [template | picture marker | text |
+    end]; the picture marker expands to ``picture_rows`` rows, the template rows are dropped from the
+    output, and every row mixes only the rows before it (causal: cumulative mean)."""
+    def encode(text):
+        ids = list(range(100, 100 + template)) + ["IMG"] + [ord(c) % 17 for c in text] + [3]
+        rows = []
+        for t in ids:
+            n = picture_rows if t == "IMG" else 1
+            base = 5.0 if t == "IMG" else float(t)
+            rows += [[math.sin(base * (j + 1) + r) for j in range(width)] for r in range(n)]
+        emb = torch.tensor([rows], dtype=torch.float32)
+        mixed = emb.cumsum(dim=1) / torch.arange(1, emb.shape[1] + 1).view(1, -1, 1)
+        return mixed[:, template:], {"pooled_output": None, "marker": text}, ids
+    return encode
+
+
+def test_prefixed_segments_share_the_picture_rows_and_keep_their_standalone_positions():
+    enc = causal_picture_encoder()
+    out = encode_prefixed_segments(enc, ["make the hat red", "add a dog"])
+    n_p = 4                                     # the picture's rows (the template rows are dropped)
+    texts = ["", "make the hat red", "add a dog"]
+    lengths = [len(t) + 1 for t in texts]       # the text's characters + the end token
+    assert out.segments.shared == ((0, n_p),)
+    starts = [n_p + sum(lengths[:i]) for i in range(3)]
+    assert out.segments.segments == tuple((starts[i], starts[i] + lengths[i]) for i in range(3))
+    assert out.segments.offsets == (n_p, n_p, n_p)
+    standalone = [enc(t)[0] for t in texts]
+    # the same deterministic function on the same input: bit-identical parts
+    assert torch.equal(out.context[:, :n_p], standalone[0][:, :n_p])
+    for full, (a, b) in zip(standalone, out.segments.segments):
+        assert torch.equal(out.context[:, a:b], full[:, n_p:])
+    # standalone positions: segment k's tokens sit after the picture, as in [P | S_k]
+    pos = out.segments.position_in_segment()
+    for (a, b) in out.segments.segments:
+        assert pos[a:b].tolist() == list(range(n_p, n_p + b - a))
+    assert out.extras["marker"] == "" and out.texts == texts
+
+
+def test_prefixed_segments_refuse_encoders_without_one_shared_prefix():
+    enc = causal_picture_encoder()
+
+    def uneven(text):          # one text's rows do not follow its input tokens one to one
+        t, e, ids = enc(text)
+        return (t[:, 1:] if text else t), e, ids
+    with pytest.raises(InputError, match="prefix"):
+        encode_prefixed_segments(uneven, ["make the hat red"])
+    with pytest.raises(InputError, match="instruction"):
+        encode_prefixed_segments(enc, [])

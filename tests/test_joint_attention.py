@@ -167,3 +167,31 @@ def test_bad_layouts_are_refused():
         build_groups(segments, TokenLayout(text=5, image_hw=(2, 2)), torch.zeros(2, 4, 4))
     with pytest.raises(ValueError, match="tile"):
         TextSegments(((0, 2), (1, 3)), (), 3)
+
+
+def standalone_positions(parts):
+    """The rule, written out: ``parts`` is the joined text in order, each ``(kind, n, prefix)``;
+    a shared part's tokens sit at 0..n-1 of their own encoding; a segment encoded after a prefix of
+    ``prefix`` tokens (its standalone sequence is [prefix | segment]) has its tokens at prefix + i."""
+    out = []
+    for _kind, n, prefix in parts:
+        for i in range(n):
+            out.append(prefix + i)
+    return out
+
+
+@pytest.mark.parametrize("shared,lengths,prefixed", [(0, [3, 4], False), (2, [3, 4, 1], False),
+                                                     (5, [3, 4], True), (6, [5, 2, 7], True)])
+def test_positions_are_where_each_standalone_encoding_puts_the_token(shared, lengths, prefixed):
+    offsets = [shared] * len(lengths) if prefixed else []
+    seg = TextSegments.from_lengths(shared, lengths, offsets)
+    parts = ([("P", shared, 0)] if shared else []) + [("S", n, shared if prefixed else 0) for n in lengths]
+    assert seg.position_in_segment().tolist() == standalone_positions(parts)
+    assert seg.token_owner().tolist() == [-1] * shared + [g for g, n in enumerate(lengths) for _ in range(n)]
+
+
+def test_offsets_must_match_the_segments():
+    with pytest.raises(ValueError, match="offset"):
+        TextSegments.from_lengths(2, [3, 4], [2])
+    with pytest.raises(ValueError, match="offset"):
+        TextSegments.from_lengths(2, [3, 4], [2, -1])

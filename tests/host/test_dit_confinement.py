@@ -235,6 +235,20 @@ def test_uncond_rows_are_untouched(mods, models, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_an_uncond_only_call_of_another_length_passes_through(mods, models, family):
+    """With cfg > 1 ComfyUI runs the negative in a call of its own when its text length cannot be
+    batched with the positive's (e.g. 13 vs 12 tokens): that call is not ours to touch."""
+    model = models[family]
+    x, ref = rand(latent_shape(family), 1), rand(latent_shape(family), 2)
+    conf, patched = confine(mods, model, 0, [5, 7], left_mask())
+    negative = text(13, 5)
+    got = call(mods, patched, family, x, negative, [ref], cond_or_uncond=(1,))
+    # the unpatched model's computation itself: bit-identical
+    assert torch.equal(got, call(mods, model, family, x, negative, [ref], cond_or_uncond=(1,)))
+    assert conf.calls == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_batch_rows_are_confined_like_single_images(mods, models, family):
     model = models[family]
     x = rand(latent_shape(family, 2), 1)
