@@ -26,6 +26,7 @@ CONFIG_KEY = "contextedit_te_config"
 KNOWN = ("t5xxl",)
 
 _stock_load_clip = comfy.sd.load_clip
+log = logging.getLogger(__name__)
 
 
 def stand_in_options(path):
@@ -50,7 +51,7 @@ def load_clip(ckpt_paths, embedding_directory=None, clip_type=comfy.sd.CLIPType.
     for path in ckpt_paths:
         extra.update(stand_in_options(path))
     if extra:
-        logging.info("contextedit test plugin: stand-in text encoder config %s", extra)
+        log.info("contextedit test plugin: stand-in text encoder config %s", extra)
         model_options = {**model_options, **extra}
     return _stock_load_clip(ckpt_paths, embedding_directory=embedding_directory, clip_type=clip_type,
                             model_options=model_options)
