@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from host.server import ComfyServer
+from host.server import PACK_LINK_NAME, REPO_ROOT, ComfyServer
 from host.tiny_checkpoints import IP2P_NAME, SD15_NAME, ensure_tiny_checkpoints
 
 SKIP_REASON = "host tests skipped: set COMFYUI_PATH to a ComfyUI 0.8.0 checkout to run them"
@@ -75,8 +75,11 @@ def tiny_checkpoints(comfyui_root, generated_dir):
 
 @pytest.fixture(scope="session")
 def comfy_server(comfyui_root, tiny_checkpoints, tmp_path_factory):
-    """One ComfyUI with the pack linked into custom_nodes, for the whole session."""
-    server = ComfyServer(comfyui_root, tmp_path_factory.mktemp("comfy_server"),
+    """One ComfyUI with the pack linked into custom_nodes, for the whole session. The test-only
+    plugin standin_text_encoders.py is linked in too: it lets DualCLIPLoader load the small FLUX.1
+    text-encoder stand-ins (files marked as such in their metadata) and touches no other file."""
+    plugins = {PACK_LINK_NAME: REPO_ROOT, "contextedit_test_standin_text_encoders.py": HOST_DIR / "standin_text_encoders.py"}
+    server = ComfyServer(comfyui_root, tmp_path_factory.mktemp("comfy_server"), custom_nodes=plugins,
                          checkpoints_dir=tiny_checkpoints.folder, name="comfy_with_pack")
     server.start()
     # a snapshot taken before any test uploads or saves files (node lists can depend on them)

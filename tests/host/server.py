@@ -4,8 +4,9 @@
 no API nodes, in-memory database) with every directory it writes to under a temp folder, and
 an extra_model_paths YAML that
 - points ``checkpoints:`` at the generated tiny checkpoints,
-- points ``sams``, ``LLM``, ``contextedit``, ``clip_vision``, ``text_encoders`` and ``ipadapter`` at temp
-  folders tests can fill (``server.model_dirs[name]``),
+- points ``sams``, ``LLM``, ``contextedit``, ``clip_vision``, ``text_encoders``, ``ipadapter``,
+  ``diffusion_models``, ``vae`` and ``vae_approx`` at temp folders tests can fill
+  (``server.model_dirs[name]``),
 - points ``custom_nodes:`` at a temp folder holding a symlink to this checkout, so ComfyUI loads
   the pack exactly as it would from ``ComfyUI/custom_nodes/comfyui-contextedit``.
 
@@ -32,7 +33,8 @@ import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACK_LINK_NAME = "comfyui-contextedit"
-MODEL_FOLDERS = ("sams", "LLM", "contextedit", "clip_vision", "text_encoders", "ipadapter")
+MODEL_FOLDERS = ("sams", "LLM", "contextedit", "clip_vision", "text_encoders", "ipadapter",
+                 "diffusion_models", "vae", "vae_approx")
 
 
 class ComfyServerError(RuntimeError):

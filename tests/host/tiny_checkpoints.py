@@ -1,4 +1,5 @@
-"""Random-weight single-file checkpoints that ComfyUI detects as SD1.5 and SD1.5 InstructPix2Pix.
+"""Random-weight single-file checkpoints that ComfyUI detects as SD1.5 and SD1.5 InstructPix2Pix,
+and random-weight FLUX.1 stand-ins for the stock Kontext loaders (see "FLUX.1 stand-ins" below).
 
 SD1.5 detection pins model_channels=320, context_dim=768 and a full-size CLIP-L, so the smallest
 loadable checkpoint is a few hundred MiB: it is generated at test time, cached, never committed
@@ -18,8 +19,30 @@ Importing comfy has side effects (CUDA probing, argument defaults), so the pytes
 does: :func:`ensure_tiny_checkpoints` and :func:`detect_model_types` run this file as a script in
 a subprocess with COMFYUI_PATH on sys.path.
 
-    python tests/host/tiny_checkpoints.py generate OUT_DIR      (COMFYUI_PATH must be set)
-    python tests/host/tiny_checkpoints.py detect FILE [FILE...] (prints JSON)
+FLUX.1 stand-ins (:func:`ensure_flux_standins`), for UNETLoader / DualCLIPLoader(flux) / VAELoader:
+
+- a FLUX.1 diffusion model (bare keys, as in flux1-dev / flux1-kontext-dev files) that
+  comfy/model_detection.py classifies as Flux: detection pins 24 heads and RoPE axes [16, 56, 56]
+  (so hidden 3072) and reads the text width from ``txt_in`` (kept at T5-XXL's 4096, as in every
+  real file) and the depth from the keys. Detection needs ``double_blocks.0``; one single block
+  is kept too, so both of FLUX's block types (and the confinement in each) run: ~0.5 B
+  parameters, saved as bf16 (~1 GB). The generator loads it back with UNETLoader's loader and
+  refuses to cache it unless it is classified as Flux with these blocks.
+- TAEF1 encoder / decoder (``models/vae_approx/taef1_{encoder,decoder}``, the stock VAELoader's
+  "taef1" option; 16 latent channels) and the same weights in the combined TAESD layout VAELoader
+  reads from ``models/vae`` (``taesd_encoder.*``, ``taesd_decoder.*``, ``vae_scale``/``vae_shift``
+  with FLUX's latent scale), for a file under the name a workflow ships with (ae.safetensors).
+- CLIP-L at full size from comfy/sd1_clip_config.json (123 M parameters, a plain file the stock
+  loader reads as it is), and a 1-layer T5 (d_model 4096 as T5-XXL, 2 heads, d_ff 64). ComfyUI
+  builds FLUX.1's T5 from the fixed t5_config_xxl.json (4.7 B parameters) whatever the file holds,
+  so this T5 loads only through the test-only plugin tests/host/standin_text_encoders.py, which
+  reads the config from the file's metadata (``contextedit_stand_in`` / ``contextedit_te_config``)
+  and passes it through ComfyUI's own ``t5xxl_model_config`` model option. (CLIP-L has the same
+  option, but DualCLIPLoader's long-CLIP detection overwrites it with the position count.)
+
+    python tests/host/tiny_checkpoints.py generate OUT_DIR        (COMFYUI_PATH must be set)
+    python tests/host/tiny_checkpoints.py generate-flux OUT_DIR   (the FLUX.1 stand-ins)
+    python tests/host/tiny_checkpoints.py detect FILE [FILE...]   (prints JSON)
 """
 
 import json
@@ -74,6 +97,34 @@ def _run_script(args, comfyui_path, timeout):
     return proc.stdout
 
 
+FLUX_NAMES = {"unet": "contextedit_standin_flux1.safetensors",
+              "t5": "contextedit_standin_t5xxl.safetensors",
+              "clip_l": "contextedit_standin_clip_l.safetensors",
+              "taef1_encoder": "taef1_encoder.safetensors",
+              "taef1_decoder": "taef1_decoder.safetensors",
+              "vae": "contextedit_standin_taef1_vae.safetensors"}
+FLUX_RECIPE = "3"  # bump when the FLUX.1 stand-in recipe changes
+FLUX_SEED = 20260108
+# what comfy/model_detection.py derives for a FLUX.1 dev / Kontext file, with the fewest blocks
+FLUX_CONFIG = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768,
+               "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24,
+               "depth": 1, "depth_single_blocks": 1, "axes_dim": [16, 56, 56], "theta": 10000,
+               "patch_size": 2, "qkv_bias": True, "guidance_embed": True, "txt_ids_dims": []}
+# overrides of comfy/text_encoders/t5_config_xxl.json and comfy/sd1_clip_config.json
+T5_STANDIN_CONFIG = {"num_layers": 1, "num_heads": 2, "d_ff": 64}
+TAEF1_LATENT = {"channels": 16, "scale": 0.3611, "shift": 0.1159}  # as nodes.py VAELoader sets for taef1
+
+
+def ensure_flux_standins(out_dir, comfyui_path, timeout=900):
+    """Generate the FLUX.1 stand-ins into ``out_dir`` unless present; returns {role: Path}."""
+    out_dir = Path(out_dir)
+    paths = {role: out_dir / name for role, name in FLUX_NAMES.items()}
+    if not all(_is_current(p, FLUX_RECIPE) for p in paths.values()):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _run_script(["generate-flux", str(out_dir)], comfyui_path, timeout)
+    return paths
+
+
 def ensure_tiny_checkpoints(out_dir, comfyui_path, timeout=900):
     """Generate the two checkpoints into ``out_dir`` unless present; returns {name: Path}."""
     out_dir = Path(out_dir)
@@ -84,14 +135,14 @@ def ensure_tiny_checkpoints(out_dir, comfyui_path, timeout=900):
     return paths
 
 
-def _is_current(path):
+def _is_current(path, recipe=RECIPE):
     if not path.is_file():
         return False
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), "pt") as f:
-            return (f.metadata() or {}).get("contextedit_recipe") == RECIPE
+            return (f.metadata() or {}).get("contextedit_recipe") == recipe
     except Exception:  # noqa: BLE001 - a truncated or foreign file is simply regenerated
         return False
 
@@ -169,7 +220,6 @@ def _fill(key, shape, gen):
 
 def generate(out_dir):
     import torch
-    from safetensors.torch import save_file
 
     _import_comfy()
     unets, shared = _shapes()
@@ -188,12 +238,90 @@ def generate(out_dir):
             if tuple(t.shape) != s:
                 t = (torch.randn(s, generator=gen) * 0.02).to(torch.float16)
             tensors[k] = t
-        final = os.path.join(out_dir, name)
-        tmp = f"{final}.{os.getpid()}.tmp"
-        save_file(tensors, tmp, metadata={"generator": "contextedit tests/host/tiny_checkpoints.py",
-                                           "contextedit_recipe": RECIPE})
-        os.replace(tmp, final)  # atomic: a half-written file is never mistaken for a cache hit
-        print(f"wrote {final} ({os.path.getsize(final) / 2**20:.0f} MiB)")
+        _save(tensors, os.path.join(out_dir, name),
+              {"generator": "contextedit tests/host/tiny_checkpoints.py", "contextedit_recipe": RECIPE})
+
+
+def _save(tensors, final, metadata):
+    from safetensors.torch import save_file
+
+    tmp = f"{final}.{os.getpid()}.tmp"
+    save_file(tensors, tmp, metadata={k: str(v) for k, v in metadata.items()})
+    os.replace(tmp, final)  # atomic: a half-written file is never mistaken for a cache hit
+    print(f"wrote {final} ({os.path.getsize(final) / 2**20:.0f} MiB)")
+
+
+def _flux_fill(key, shape, gen):
+    # Flux's RMSNorm weights are called ``scale``: ones, like every other norm weight here
+    import torch
+
+    if key.rsplit(".", 1)[-1] == "scale" and len(shape) == 1:
+        return torch.ones(shape)
+    return _fill(key, shape, gen)
+
+
+def generate_flux(out_dir):
+    _import_comfy()
+    import comfy.clip_model
+    import comfy.ldm.flux.model
+    import comfy.ops
+    import comfy.taesd.taesd
+    import comfy.text_encoders.t5
+    import torch
+
+    ops = comfy.ops.disable_weight_init
+    gen = torch.Generator().manual_seed(FLUX_SEED)
+    meta = {"generator": "contextedit tests/host/tiny_checkpoints.py", "contextedit_recipe": FLUX_RECIPE}
+    os.makedirs(out_dir, exist_ok=True)
+
+    def tensors_of(module, dtype, fill=_fill):
+        return {k: fill(k, tuple(v.shape), gen).to(dtype) for k, v in module.state_dict().items()}
+
+    flux = comfy.ldm.flux.model.Flux(dtype=torch.bfloat16, device="meta", operations=ops, **FLUX_CONFIG)
+    unet_path = os.path.join(out_dir, FLUX_NAMES["unet"])
+    tmp = f"{unet_path}.{os.getpid()}.unchecked.safetensors"  # load_torch_file goes by the extension
+    _save(tensors_of(flux, torch.bfloat16, _flux_fill), tmp, meta)
+    del flux
+    found = _detect_unet(tmp)
+    wanted = {"model": "Flux", "depth": 1, "depth_single_blocks": 1, "hidden_size": 3072, "context_in_dim": 4096}
+    if found != wanted:
+        os.remove(tmp)
+        raise SystemExit(f"UNETLoader's loader reads the FLUX.1 stand-in as {found}, not {wanted}")
+    os.replace(tmp, unet_path)
+    print(f"{unet_path}: detected as {found}")
+
+    te_dir = os.path.dirname(comfy.text_encoders.t5.__file__)
+    with open(os.path.join(te_dir, "t5_config_xxl.json")) as f:
+        t5_config = {**json.load(f), **T5_STANDIN_CONFIG}
+    t5 = comfy.text_encoders.t5.T5(t5_config, torch.bfloat16, "meta", ops)
+    _save(tensors_of(t5, torch.bfloat16), os.path.join(out_dir, FLUX_NAMES["t5"]),
+          {**meta, "contextedit_stand_in": "t5xxl", "contextedit_te_config": json.dumps(T5_STANDIN_CONFIG)})
+
+    with open(os.path.join(os.path.dirname(comfy.clip_model.__file__), "sd1_clip_config.json")) as f:
+        clip = comfy.clip_model.CLIPTextModel(json.load(f), torch.float16, "meta", ops)
+    _save(tensors_of(clip, torch.float16), os.path.join(out_dir, FLUX_NAMES["clip_l"]), meta)
+
+    with torch.device("meta"):
+        taef1 = comfy.taesd.taesd.TAESD(latent_channels=TAEF1_LATENT["channels"])
+    parts = {"taef1_encoder": taef1.taesd_encoder, "taef1_decoder": taef1.taesd_decoder}
+    combined = {"vae_scale": torch.tensor(TAEF1_LATENT["scale"]), "vae_shift": torch.tensor(TAEF1_LATENT["shift"])}
+    for role, module in parts.items():
+        tensors = tensors_of(module, torch.float16)
+        _save(tensors, os.path.join(out_dir, FLUX_NAMES[role]), meta)
+        prefix = "taesd_encoder." if role == "taef1_encoder" else "taesd_decoder."
+        combined.update({prefix + k: v for k, v in tensors.items()})
+    _save(combined, os.path.join(out_dir, FLUX_NAMES["vae"]), meta)
+
+
+def _detect_unet(file):
+    """What comfy.sd.load_diffusion_model (UNETLoader's loader) makes of a diffusion-model file."""
+    import comfy.sd
+
+    model = comfy.sd.load_diffusion_model(file)
+    dm = model.model.diffusion_model
+    return {"model": type(model.model.model_config).__name__,
+            "depth": len(dm.double_blocks), "depth_single_blocks": len(dm.single_blocks),
+            "hidden_size": dm.hidden_size, "context_in_dim": dm.txt_in.in_features}
 
 
 def detect(files):
@@ -216,6 +344,8 @@ def detect(files):
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "generate":
         generate(sys.argv[2])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "generate-flux":
+        generate_flux(sys.argv[2])
     elif len(sys.argv) >= 3 and sys.argv[1] == "detect":
         detect(sys.argv[2:])
     else:
