@@ -128,7 +128,9 @@ def test_the_graph_is_the_qwen_image_edit_path_with_our_node_in_front():
     assert API[src(mask, "model")[0]]["class_type"] == "UNETLoader"
     assert API[src(mask, "clip")[0]]["inputs"]["type"] == "qwen_image"
     assert src(mask, "image") == [scaled, 0] and src(encode_plus, "image1") == [scaled, 0]
-    aura = src(sampler, "model")[0]
+    norm = src(sampler, "model")[0]     # as in ComfyUI's own Qwen-Image-Edit 2509 template
+    assert API[norm]["class_type"] == "CFGNorm"
+    aura = src(norm, "model")[0]
     assert API[aura]["class_type"] == "ModelSamplingAuraFlow" and src(aura, "model") == [mask, 0]
     pos, neg = src(sampler, "positive")[0], src(sampler, "negative")[0]
     assert src(pos, "conditioning") == [mask, 1] and src(neg, "conditioning") == [encode_plus, 0]
@@ -143,7 +145,7 @@ def test_the_graph_is_the_qwen_image_edit_path_with_our_node_in_front():
 def test_the_nodes_after_the_loaders_run_in_process_on_tiny_models(comfyui_root):
     """The workflow's chain with its own settings: Attention Mask (the tiny Qwen-Image DiT, the tiny
     Qwen-Image text encoder, two masks, the image) -> ReferenceLatent; TextEncodeQwenImageEditPlus
-    with the empty prompt -> ReferenceLatent; ModelSamplingAuraFlow -> KSampler. The confinement
+    with the empty prompt -> ReferenceLatent; ModelSamplingAuraFlow -> CFGNorm -> KSampler. The confinement
     runs inside that sampler (cfg > 1, so the negative is batched alongside and left alone)."""
     from fixtures import tiny_dit
 
@@ -172,11 +174,13 @@ def test_the_nodes_after_the_loaders_run_in_process_on_tiny_models(comfyui_root)
     negative = result(edit_model.ReferenceLatent.execute(negative, latent))[0]
     aura = importlib.import_module("comfy_extras.nodes_model_advanced").ModelSamplingAuraFlow()
     shifted = aura.patch_aura(patched, by_class["ModelSamplingAuraFlow"]["shift"])[0]
+    normed = result(importlib.import_module("comfy_extras.nodes_cfg").CFGNorm.execute(
+        shifted, by_class["CFGNorm"]["strength"]))[0]
     conf = next(c.cell_contents for keys in shifted.wrappers.values() for k, fs in keys.items()
                 if k.startswith("contextedit_dit_confine") for f in fs for c in f.__closure__
                 if hasattr(c.cell_contents, "segments"))
     ks = {k: v for k, v in by_class["KSampler"].items() if not is_link(v)}
-    out = comfy_nodes.common_ksampler(shifted, ks["seed"], ks["steps"], ks["cfg"], ks["sampler_name"],
+    out = comfy_nodes.common_ksampler(normed, ks["seed"], ks["steps"], ks["cfg"], ks["sampler_name"],
                                       ks["scheduler"], positive, negative, latent, denoise=ks["denoise"])[0]
     assert out["samples"].shape == latent["samples"].shape and torch.isfinite(out["samples"]).all()
     assert conf.calls > 0 and conf.last_layout.refs_hw == ((6, 8),)

@@ -109,9 +109,9 @@ def tiny_stream_models(comfy_server, generated_dir):
 FLUX_STANDINS = {"unet_name": FLUX_NAMES["unet"], "clip_name1": FLUX_NAMES["clip_l"],
                  "clip_name2": FLUX_NAMES["t5"], "vae_name": "taef1"}
 # the model files the shipped Kontext workflow names, with the stand-in (FLUX_NAMES role) each becomes
-KONTEXT_SHIPPED = {("diffusion_models", "flux1-kontext-dev.safetensors"): "unet",
+KONTEXT_SHIPPED = {("diffusion_models", "flux1-dev-kontext_fp8_scaled.safetensors"): "unet",
                    ("text_encoders", "clip_l.safetensors"): "clip_l",
-                   ("text_encoders", "t5xxl_fp16.safetensors"): "t5",
+                   ("text_encoders", "t5xxl_fp8_e4m3fn_scaled.safetensors"): "t5",
                    ("vae", "ae.safetensors"): "vae"}
 
 
