@@ -5,8 +5,8 @@ The node calls :func:`dit_family` on its MODEL; for these models it hands over t
 lines or an EDIT_PLAN), encodes the segment conditioning (dit_conditioning.py) with the given
 CLIP and installs the joint-attention confinement (attention_patches/comfy_dit_adapter.py) on a
 clone of the model. The SD-only inputs (mode, resolutions) do not apply: every joint-attention
-block is confined, and masks are hard at each token (a token belongs to a mask covering at least
-half of it).
+block is confined unless ``dit_blocks`` names some (:func:`parse_dit_blocks`), and masks are hard
+at each token (a token belongs to a mask covering at least half of it).
 
 Qwen-Image-Edit with an ``image``: every segment is encoded as TextEncodeQwenImageEditPlus encodes
 its prompt with one picture (``Picture 1: <picture tokens>`` + the text, the VL copy of the image
@@ -54,6 +54,49 @@ def dit_family(model):
 def _text_width(model, family):
     dm = model.get_model_object("diffusion_model")
     return int(dm.txt_in.weight.shape[1])
+
+
+def block_counts(model, family):
+    """{'double': n, 'single': m} joint-attention blocks as the model names them (``block_type``)."""
+    dm = model.get_model_object("diffusion_model")
+    if family == QWEN_IMAGE:
+        return {"double": len(dm.transformer_blocks)}
+    return {"double": len(dm.double_blocks), "single": len(dm.single_blocks)}
+
+
+def parse_dit_blocks(spec, counts):
+    """``dit_blocks`` text -> None (every block) or a frozenset of ``(block_type, index)``.
+
+    Comma-separated items: ``double`` / ``single`` (every block of that type), ``double:3`` (one),
+    ``single:0-9`` (a range, both ends included). Empty or ``all``: every block. ``counts`` are the
+    model's blocks per type (:func:`block_counts`); indices are checked against them."""
+    text = (spec or "").strip().lower()
+    if text in ("", "all"):
+        return None
+    names = ", ".join(f"{k} 0-{n - 1}" for k, n in counts.items())
+    chosen = set()
+    for item in (t.strip() for t in text.split(",")):
+        kind, _, rng = item.partition(":")
+        kind = kind.strip()
+        if kind not in counts:
+            raise InputError("dit_blocks", f"'{item}' names no block type of this model (it has {names}).",
+                             "Write e.g. 'double', 'single:0-9' or 'double:3, double:5'; leave it empty for every block.")
+        n = counts[kind]
+        if not rng.strip():
+            chosen.update((kind, i) for i in range(n))
+            continue
+        lo, _, hi = rng.partition("-")
+        try:
+            lo_i = int(lo)
+            hi_i = int(hi) if hi.strip() else lo_i
+        except ValueError:
+            raise InputError("dit_blocks", f"'{item}': '{rng.strip()}' is not an index or a range like 0-9.",
+                             "Write block indices as numbers, e.g. 'double:0-9'.") from None
+        if not 0 <= lo_i <= hi_i < n:
+            raise InputError("dit_blocks", f"'{item}' is outside this model's {kind} blocks 0-{n - 1}.",
+                             f"Use indices from 0 to {n - 1}.")
+        chosen.update((kind, i) for i in range(lo_i, hi_i + 1))
+    return frozenset(chosen)
 
 
 def _clip_encoder(clip):
@@ -120,10 +163,12 @@ def qwen_edit_encoder(clip, image):
 
 
 def patch_dit_model(model, clip, masks, prompt, plan, routing, start_percent, end_percent, strength, apply_to,
-                    image=None):
+                    image=None, dit_blocks=""):
     """(patched MODEL clone, positive CONDITIONING, prompt text) for a FLUX.1 / Qwen-Image model.
-    ``image`` (Qwen-Image only): the picture the text encoder reads with every segment."""
+    ``image`` (Qwen-Image only): the picture the text encoder reads with every segment.
+    ``dit_blocks``: which joint-attention blocks are confined (:func:`parse_dit_blocks`)."""
     family = dit_family(model)
+    blocks = parse_dit_blocks(dit_blocks, block_counts(model, family))
     if image is not None and family != QWEN_IMAGE:
         log.info("ContextEdit Attention Mask: 'image' is used only with Qwen-Image(-Edit) (its text encoder reads "
                  "the picture); ignored for this %s model.", family)
@@ -156,7 +201,7 @@ def patch_dit_model(model, clip, masks, prompt, plan, routing, start_percent, en
     confinement = DiTConfinement(
         seg.segments, region_masks,
         branches=(0,) if branches == TEXT_BRANCH else tuple(branches),
-        sigma_max=sigma_max, sigma_min=sigma_min,
+        blocks=blocks, sigma_max=sigma_max, sigma_min=sigma_min,
         strength=float(strength),
     )
     patched = confinement.install(model)

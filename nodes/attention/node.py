@@ -74,6 +74,8 @@ class AttentionMask(io.ComfyNode):
                                tooltip="Optional EDIT_PLAN: its instructions (non-executable ones dropped, with their masks) replace the prompt text."),
                 io.Image.Input("image", optional=True,
                                tooltip="Qwen-Image-Edit only: the image being edited. Its text encoder (CLIPLoader type qwen_image) then reads the picture with every instruction, as TextEncodeQwenImageEditPlus does (one picture, its VL copy at ~384x384). Ignored for SD and FLUX models (noted in the log)."),
+                io.String.Input("dit_blocks", default="", optional=True,
+                                tooltip="FLUX.1 / Qwen-Image only: which joint-attention blocks are confined. Empty (or 'all') = every block. Comma-separated: 'double', 'single' (FLUX.1), 'double:0-9', 'single:3'. Qwen-Image's blocks are all 'double'. Ignored for SD models (use resolutions)."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="A patched clone of the input model."),
@@ -85,7 +87,7 @@ class AttentionMask(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, masks, prompt, mode, routing, resolutions, start_percent, end_percent, strength,
-                apply_to, plan=None, image=None) -> io.NodeOutput:
+                apply_to, plan=None, image=None, dit_blocks="") -> io.NodeOutput:
         if clip is None or not hasattr(clip, "tokenize"):
             raise InputError("clip", "is not a CLIP.", "Connect the CLIP output of your checkpoint loader.")
         if plan is not None:
@@ -96,10 +98,14 @@ class AttentionMask(io.ComfyNode):
             plan = plans[0]
         if dit_family(model) is not None:  # FLUX.1 (Kontext) / Qwen-Image(-Edit): joint-attention confinement
             return io.NodeOutput(*patch_dit_model(model, clip, masks, prompt, plan, routing, start_percent,
-                                                  end_percent, strength, apply_to, image=image))
+                                                  end_percent, strength, apply_to, image=image,
+                                                  dit_blocks=dit_blocks))
         if image is not None:
             logging.info("ContextEdit Attention Mask: 'image' is used only with Qwen-Image(-Edit); ignored for this "
                          "SD model.")
+        if dit_blocks and dit_blocks.strip():
+            logging.info("ContextEdit Attention Mask: 'dit_blocks' applies to FLUX.1 / Qwen-Image only; this SD "
+                         "model is patched by 'resolutions'.")
         _check_model(model)
         downscales = parse_downscales(resolutions)
         spec = instructions_from(prompt, plan, masks)
