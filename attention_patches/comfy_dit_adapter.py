@@ -65,6 +65,17 @@ def detect_family(model_patcher) -> str:
         "knows only those token layouts. Use FLUX.1 Kontext or Qwen-Image-Edit (or an SD1.x/SDXL UNet).")
 
 
+def joint_block_counts(model_patcher, family=None) -> dict:
+    """{'double': n, 'single': m}: the joint-attention blocks per ``block_type`` as the model sets
+    it in ``transformer_options`` (what ``DiTConfinement.blocks`` selects from). Qwen-Image calls
+    all of its blocks 'double'."""
+    family = family or detect_family(model_patcher)
+    dm = model_patcher.get_model_object("diffusion_model")
+    if family == QWEN_IMAGE:
+        return {"double": len(dm.transformer_blocks)}
+    return {"double": len(dm.double_blocks), "single": len(dm.single_blocks)}
+
+
 def _grid(n, patch):
     return (n + patch // 2) // patch
 

@@ -24,6 +24,7 @@ from ...attention_patches.comfy_dit_adapter import (
     DiTConfinement,
     UnsupportedModelError,
     detect_family,
+    joint_block_counts,
 )
 from ...attention_patches.masked_attention import TEXT_BRANCH
 from ..comfy_model import sigma_window
@@ -56,20 +57,12 @@ def _text_width(model, family):
     return int(dm.txt_in.weight.shape[1])
 
 
-def block_counts(model, family):
-    """{'double': n, 'single': m} joint-attention blocks as the model names them (``block_type``)."""
-    dm = model.get_model_object("diffusion_model")
-    if family == QWEN_IMAGE:
-        return {"double": len(dm.transformer_blocks)}
-    return {"double": len(dm.double_blocks), "single": len(dm.single_blocks)}
-
-
 def parse_dit_blocks(spec, counts):
     """``dit_blocks`` text -> None (every block) or a frozenset of ``(block_type, index)``.
 
     Comma-separated items: ``double`` / ``single`` (every block of that type), ``double:3`` (one),
     ``single:0-9`` (a range, both ends included). Empty or ``all``: every block. ``counts`` are the
-    model's blocks per type (:func:`block_counts`); indices are checked against them."""
+    model's blocks per type (``comfy_dit_adapter.joint_block_counts``); indices are checked against them."""
     text = (spec or "").strip().lower()
     if text in ("", "all"):
         return None
@@ -168,7 +161,7 @@ def patch_dit_model(model, clip, masks, prompt, plan, routing, start_percent, en
     ``image`` (Qwen-Image only): the picture the text encoder reads with every segment.
     ``dit_blocks``: which joint-attention blocks are confined (:func:`parse_dit_blocks`)."""
     family = dit_family(model)
-    blocks = parse_dit_blocks(dit_blocks, block_counts(model, family))
+    blocks = parse_dit_blocks(dit_blocks, joint_block_counts(model, family))
     if image is not None and family != QWEN_IMAGE:
         log.info("ContextEdit Attention Mask: 'image' is used only with Qwen-Image(-Edit) (its text encoder reads "
                  "the picture); ignored for this %s model.", family)

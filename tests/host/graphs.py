@@ -50,6 +50,15 @@ class ApiGraph(dict):
         return max(ids, default=0) + 1
 
 
+def redirect(graph, old, new):
+    """Point every input linked to ``old`` (a ``[node_id, slot]`` link) at ``new`` instead."""
+    for node in graph.values():
+        for name, value in node["inputs"].items():
+            if value == list(old):
+                node["inputs"][name] = list(new)
+    return graph
+
+
 def txt2img_graph(ckpt_name, positive="a photo of a cat", negative="blurry", width=64, height=64,
                   steps=2, seed=0, cfg=7.0, sampler_name="euler", scheduler="normal",
                   batch_size=1, prefix="contextedit_txt2img"):

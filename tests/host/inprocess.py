@@ -45,6 +45,14 @@ def pack_module(comfyui_root, name):
     return importlib.import_module(f"contextedit.{name}")
 
 
+def dit_confinement_of(patched):
+    """The DiTConfinement a ContextEdit Attention Mask installed on a FLUX.1 / Qwen-Image MODEL
+    (found through its DIFFUSION_MODEL wrapper, whatever patches were added on top)."""
+    fn = next(f for keys in patched.wrappers.values() for k, fs in keys.items()
+              if k.startswith("contextedit_dit_confine") for f in fs)
+    return next(c.cell_contents for c in fn.__closure__ if hasattr(c.cell_contents, "segments"))
+
+
 def tiny_sdxl_layout_unet(comfyui_root, context_dim=16, seed=0):
     """A ComfyUI UNetModel with SDXL's block layout (tiny channels; transformer depths 1 and 2,
     linear proj), weights ~N(0, 0.02) from ``seed``: input 4-5 and 7-8, middle, output 0-5 hold

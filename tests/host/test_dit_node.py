@@ -9,7 +9,7 @@ conditioning, the patch on a clone, and the edit's confinement end to end throug
 
 import pytest
 import torch
-from host.inprocess import load_checkpoint, pack_module
+from host.inprocess import dit_confinement_of, load_checkpoint, pack_module
 
 FAMILIES = ("flux", "qwen_image")
 LAT_HW = (12, 16)
@@ -154,17 +154,9 @@ def test_whole_prompt_routing_gives_one_segment_over_the_union_of_the_masks(node
     parts = [encode(clip, t)[0] for t in ("", PROMPT)]
     # bit-identical: the same encoder on the same texts
     assert torch.equal(positive[0][0], torch.cat(parts, dim=1))
-    fn = next(f for keys in patched.wrappers.values() for k, fs in keys.items()
-              if k.startswith("contextedit_dit_confine") for f in fs)
-    conf = next(c.cell_contents for c in fn.__closure__ if hasattr(c.cell_contents, "segments"))
+    conf = dit_confinement_of(patched)
     assert conf.segments.instructions == 1
     assert torch.equal(conf.masks[0], masks().amax(dim=0))
-
-
-def confinement_of(patched):
-    fn = next(f for keys in patched.wrappers.values() for k, fs in keys.items()
-              if k.startswith("contextedit_dit_confine") for f in fs)
-    return next(c.cell_contents for c in fn.__closure__ if hasattr(c.cell_contents, "segments"))
 
 
 def test_dit_blocks_text_reads_as_the_blocks_it_names(comfyui_root):
@@ -191,8 +183,11 @@ def test_dit_blocks_confines_only_the_named_blocks(comfyui_root, node, models, s
 
     comfy = import_comfy(comfyui_root)
     model, clip = models[family], sd15[1]
-    dit_node = pack_module(None, "nodes.attention.dit_node")
-    n_blocks = sum(dit_node.block_counts(model, family).values())
+    dm = model.get_model_object("diffusion_model")
+    counts = ({"double": len(dm.transformer_blocks)} if family == "qwen_image"
+              else {"double": len(dm.double_blocks), "single": len(dm.single_blocks)})
+    assert pack_module(None, "attention_patches.comfy_dit_adapter").joint_block_counts(model) == counts
+    n_blocks = sum(counts.values())
     assert n_blocks > 1
     ref = torch.randn(latent_shape(family), generator=torch.Generator().manual_seed(4))
     every, positive, _ = run(node, model, clip)
@@ -201,8 +196,8 @@ def test_dit_blocks_confines_only_the_named_blocks(comfyui_root, node, models, s
     outs = {}
     for name, m in (("unpatched", model), ("every", every), ("first", first)):
         outs[name] = sample(comfy, m, family, positive, ref, steps=1)   # cfg 1, one step: one model call
-    assert confinement_of(every).calls == n_blocks
-    assert confinement_of(first).calls == 1 and confinement_of(first).blocks == {("double", 0)}
+    assert dit_confinement_of(every).calls == n_blocks
+    assert dit_confinement_of(first).calls == 1 and dit_confinement_of(first).blocks == {("double", 0)}
     scale = outs["unpatched"].abs().max()
     # each patch changes the output: measured 0.095 / 0.108 (FLUX.1) and 0.062 / 0.056 (Qwen-Image) of
     # scale; 1e-4 only rules out rounding-level differences

@@ -10,7 +10,7 @@ import importlib
 
 import pytest
 import torch
-from host.inprocess import import_comfy, pack_module
+from host.inprocess import dit_confinement_of, import_comfy, pack_module
 
 LAT_HW = (12, 16)
 TOK_HW = (6, 8)
@@ -74,12 +74,6 @@ def run_node(node, model, clip, image, prompt=PROMPT, m=None):
     return out.args if hasattr(out, "args") else out.result
 
 
-def confinement_of(patched):
-    fn = next(f for keys in patched.wrappers.values() for k, fs in keys.items()
-              if k.startswith("contextedit_dit_confine") for f in fs)
-    return next(c.cell_contents for c in fn.__closure__ if hasattr(c.cell_contents, "segments"))
-
-
 def test_each_segment_is_encoded_as_text_encode_qwen_image_edit_plus_encodes_it(mods, clip, stock_plus):
     _node, dit_node, _ = mods
     encode = dit_node.qwen_edit_encoder(clip, picture())
@@ -115,7 +109,7 @@ def test_the_node_returns_the_picture_once_and_each_instruction_after_it(mods, d
     node, dit_node, _ = mods
     patched, positive, prompt = run_node(node, dit, clip, picture())
     assert prompt == PROMPT
-    conf = confinement_of(patched)
+    conf = dit_confinement_of(patched)
     encode = dit_node.qwen_edit_encoder(clip, picture())
     full = [encode(t)[0] for t in ("", "make the hat red", "add a dog")]
     n_p = conf.segments.shared[0][1]
@@ -126,7 +120,7 @@ def test_the_node_returns_the_picture_once_and_each_instruction_after_it(mods, d
     starts = [n_p + sum(f.shape[1] - n_p for f in full[:i]) for i in range(3)]
     assert conf.segments.segments == tuple((s, s + f.shape[1] - n_p) for s, f in zip(starts, full))
     # without the image the node keeps the text-only path (no shared part, no offsets)
-    text_only = confinement_of(run_node(node, dit, clip, None)[0])
+    text_only = dit_confinement_of(run_node(node, dit, clip, None)[0])
     assert text_only.segments.shared == () and text_only.segments.offsets == ()
 
 
@@ -209,7 +203,7 @@ def test_one_all_covering_mask_equals_the_unpatched_model_on_the_standalone_enco
 
     two_blocks = tiny_dit.tiny_qwen_image()
     patched, positive, _ = run_node(node, two_blocks, clip, image, prompt=text, m=every)
-    conf = confinement_of(patched)
+    conf = dit_confinement_of(patched)
     n_p = conf.segments.shared[0][1]
     s1 = conf.segments.segments[1]
     txt_p, img_p = first_block(two_blocks, lambda: call(adapter, patched, x, positive[0][0], ref))

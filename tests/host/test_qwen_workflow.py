@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from host.inprocess import import_comfy, pack_module
+from host.inprocess import dit_confinement_of, import_comfy, pack_module
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "context_aware_edit_qwen.json"
@@ -176,9 +176,7 @@ def test_the_nodes_after_the_loaders_run_in_process_on_tiny_models(comfyui_root)
     shifted = aura.patch_aura(patched, by_class["ModelSamplingAuraFlow"]["shift"])[0]
     normed = result(importlib.import_module("comfy_extras.nodes_cfg").CFGNorm.execute(
         shifted, by_class["CFGNorm"]["strength"]))[0]
-    conf = next(c.cell_contents for keys in shifted.wrappers.values() for k, fs in keys.items()
-                if k.startswith("contextedit_dit_confine") for f in fs for c in f.__closure__
-                if hasattr(c.cell_contents, "segments"))
+    conf = dit_confinement_of(shifted)
     ks = {k: v for k, v in by_class["KSampler"].items() if not is_link(v)}
     out = comfy_nodes.common_ksampler(normed, ks["seed"], ks["steps"], ks["cfg"], ks["sampler_name"],
                                       ks["scheduler"], positive, negative, latent, denoise=ks["denoise"])[0]

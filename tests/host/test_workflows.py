@@ -25,6 +25,7 @@ from fixtures.tiny_models import (
     make_tiny_t5_encoder,
 )
 from fixtures.tiny_regions import make_tiny_region_predictor
+from host.graphs import redirect
 from host.tiny_checkpoints import FLUX_NAMES, ensure_flux_standins
 from PIL import Image
 
@@ -137,11 +138,7 @@ def skip_kontext_image_scale(graph):
     """Feed FluxKontextImageScale's consumers its input image instead: it resizes every image to
     about one megapixel, where one step of the FLUX.1 stand-in takes minutes on a CPU."""
     for node_id in [k for k, n in graph.items() if n["class_type"] == "FluxKontextImageScale"]:
-        source = graph.pop(node_id)["inputs"]["image"]
-        for node in graph.values():
-            for name, value in node["inputs"].items():
-                if value == [node_id, 0]:
-                    node["inputs"][name] = list(source)
+        redirect(graph, [node_id, 0], graph.pop(node_id)["inputs"]["image"])
     return graph
 
 
@@ -351,10 +348,7 @@ def kontext_graph(tiny_checkpoints, instruction, confined, prefix):
     if not confined:
         clip = graph[patch]["inputs"]["clip"]
         graph["101"] = {"class_type": "CLIPTextEncode", "inputs": {"text": instruction, "clip": clip}}
-        for node in graph.values():
-            for name, value in node["inputs"].items():
-                if value == [patch, 1]:
-                    node["inputs"][name] = ["101", 0]
+        redirect(graph, [patch, 1], ["101", 0])
         graph[sampler]["inputs"]["model"] = graph.pop(patch)["inputs"]["model"]
     return graph, save
 
