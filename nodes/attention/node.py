@@ -48,20 +48,22 @@ class AttentionMask(io.ComfyNode):
                 "the masks; everywhere else the model attends to the empty prompt (image-only conditioning), so "
                 "unmasked regions stay as they are. With several instructions each word follows its own "
                 "instruction's mask (CAMILA's per-token mask; FoI's routing is an option). Wraps other packs' "
-                "attention patches. Works with KSampler, cfg 1 and InstructPix2Pix DualCFGGuider."
+                "attention patches. Works with KSampler, cfg 1 and InstructPix2Pix DualCFGGuider. On FLUX.1 "
+                "(Kontext) and Qwen-Image(-Edit), detected from the model, it confines each separately encoded "
+                "instruction to its mask in every joint-attention block (or those named in dit_blocks)."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.x / SDXL / InstructPix2Pix model to patch (it is cloned, never changed)."),
-                io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint: used to find each instruction's tokens and to encode the empty prompt."),
+                io.Model.Input("model", tooltip="The model to patch (it is cloned, never changed): SD1.x / SDXL / InstructPix2Pix, or FLUX.1 (Kontext) / Qwen-Image(-Edit)."),
+                io.Clip.Input("clip", tooltip="The text encoder of the same model (checkpoint CLIP; DualCLIPLoader flux; CLIPLoader qwen_image): used to find each instruction's tokens (SD) or encode each instruction on its own (FLUX.1 / Qwen-Image), and to encode the empty prompt."),
                 io.Mask.Input("masks", tooltip="One mask per instruction [N,H,W], in instruction order (white = edit here). A single mask confines the whole prompt."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="Edit instructions, one per line (or separated by ';'). Leave empty when a plan is connected. Encode the same text for sampling (or use this node's conditioning output)."),
                 io.Combo.Input("mode", options=[m.value for m in ModulationMode], default=ModulationMode.LOGITS.value,
-                               tooltip="logits: CAMILA's softmax((X*M + Y*(1-M))/sqrt(d)), values mixed the same way; output: M*Attn(text) + (1-M)*Attn(empty) per pixel (needs FoI or whole-prompt routing when there are several instructions). Identical for hard masks; they differ on soft mask edges."),
+                               tooltip="SD only. logits: CAMILA's softmax((X*M + Y*(1-M))/sqrt(d)), values mixed the same way; output: M*Attn(text) + (1-M)*Attn(empty) per pixel (needs FoI or whole-prompt routing when there are several instructions). Identical for hard masks; they differ on soft mask edges."),
                 io.Combo.Input("routing", options=list(ROUTINGS), default=ROUTINGS[0],
                                tooltip="per token (CAMILA): M[pixel, word] is the mask of the word's instruction, so a pixel in mask 1 uses the prompt for instruction 1's words and the empty prompt for instruction 2's; start/end/padding tokens follow the union of the masks. per instruction (FoI): pixels in mask k attend only to start/end tokens and instruction k's words. whole prompt: every word follows the union of the masks."),
                 io.String.Input("resolutions", default="32",
-                                tooltip="Which layers to patch, as image downscale factors: 32 = the 16x16 layers at 512 px (CAMILA's choice); '16,32' adds the 32x32 layers. Chosen by resolution, so SDXL works too."),
+                                tooltip="SD only (FLUX.1 / Qwen-Image: see dit_blocks). Which layers to patch, as image downscale factors: 32 = the 16x16 layers at 512 px (CAMILA's choice); '16,32' adds the 32x32 layers. Chosen by resolution, so SDXL works too."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Sampling progress at which the patch starts acting (0 = first step)."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
