@@ -5,11 +5,13 @@ not point at a ComfyUI checkout. Expensive things are session-scoped: the tiny c
 generated once into the ``generated_dir`` cache, and one server (with the pack) serves the run.
 """
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from host.browser import CHROMEDRIVER, CHROMIUM, Browser, chromium_available
 from host.server import PACK_LINK_NAME, REPO_ROOT, ComfyServer
 from host.tiny_checkpoints import IP2P_NAME, SD15_NAME, ensure_tiny_checkpoints
 
@@ -88,3 +90,43 @@ def comfy_server(comfyui_root, tiny_checkpoints, tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+def _running_in_ci():
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def browser_available():
+    """Skip (one line) without Chromium + chromedriver + selenium; under CI a missing browser is a
+    failure, since .ci/run installs it."""
+    if chromium_available():
+        return True
+    message = (f"browser tests need Debian's chromium + chromium-driver ({CHROMIUM}, {CHROMEDRIVER}) and "
+               "selenium: apt-get install chromium chromium-driver")
+    if _running_in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def browser_session(browser_available, comfy_server, tmp_path_factory):
+    """One headless Chromium on the session server's real frontend, for the whole run."""
+    from host.server import frontend_package_available
+
+    if not frontend_package_available():
+        pytest.fail("comfyui_frontend_package is not installed: install ComfyUI's requirements.txt")
+    browser = Browser(tmp_path_factory.mktemp("browser"))
+    browser.start()
+    try:
+        browser.open(comfy_server)
+        yield browser
+    finally:
+        browser.stop()
+
+
+@pytest.fixture
+def browser(browser_session):
+    """The session browser, with the console read (and dropped) before the test starts."""
+    browser_session.console_errors()
+    return browser_session
