@@ -26,6 +26,7 @@ API
 ``download_hint(name, kinds)``    one sentence for an error message: where to get ``name``
 ``entries_for_workflow(graph)``   [(node_id, node_type, entry)] for a UI- or API-format workflow
 ``properties_models(entry)``      the ``properties.models`` item ComfyUI's frontend reads, or None
+``LOADER_INPUTS``                 {loader node type: {model input: folders it reads}}
 """
 
 from __future__ import annotations
@@ -202,33 +203,42 @@ CATALOG = (
           "a70580f0213e67967ee9c95f05bb400e8fb08307e017a924bf3441223e023d1f", _LFS),
 )
 
-# What a folder holds when the user's name is not one the catalogue knows (a fine-tune, another size).
+# Where to get a model for a folder when the name asked for is not one the catalogue knows (a
+# fine-tune, another size, the "(none installed ...)" placeholder): full sentences for errors.
 _FOLDER_HINTS = {
-    "LLM": ("a vision-language model folder, e.g. Qwen2.5-VL-3B-Instruct from "
-            f"{HF}/Qwen/Qwen2.5-VL-3B-Instruct (download the whole repository into models/LLM/<folder>)."),
-    "sams": f"the segment-anything checkpoints from {_SAM_SRC} (e.g. sam_vit_b_01ec64.pth).",
-    "contextedit": next(e.how for e in CATALOG if e.directory == "contextedit"),
-    "ipadapter": f"a plain IP-Adapter file from {HF}/{_IPA} (models/ or sdxl_models/), e.g. ip-adapter_sd15.safetensors.",
-    "clip_vision": (f"CLIP ViT-L/14 from {HF}/openai/clip-vit-large-patch14 (model.safetensors saved as "
-                    "clip_vit_large_patch14.safetensors, or the whole repository as a folder)."),
-    "text_encoders": f"the FLAN-T5 folder from {HF}/google/flan-t5-base (the whole repository as a folder).",
-    "metrics": "the networks listed in the README, 'Measuring edit quality' (Hugging Face CLIP folders, "
-               "DINO and SqueezeNet weights).",
+    "LLM": (f"Vision-language models are Hugging Face folders, e.g. {HF}/Qwen/Qwen2.5-VL-3B-Instruct: "
+            "download the whole repository into models/LLM/Qwen2.5-VL-3B-Instruct."),
+    "sams": (f"Segment-anything checkpoints: {_SAM_SRC} (e.g. "
+             "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth into models/sams/)."),
+    "ipadapter": (f"Plain IP-Adapter files: {HF}/{_IPA} (e.g. "
+                  f"{_hf_file(_IPA, 'models/ip-adapter_sd15.safetensors')} into models/ipadapter/)."),
+    "clip_vision": (f"CLIP ViT-L/14: {HF}/openai/clip-vit-large-patch14 (model.safetensors saved as "
+                    "models/clip_vision/clip_vit_large_patch14.safetensors, or the whole repository as a folder)."),
+    "text_encoders": (f"FLAN-T5: {HF}/google/flan-t5-base (download the whole repository into "
+                      "models/text_encoders/flan-t5-base)."),
+    "metrics": "The networks and their sources are listed in the README, 'Measuring edit quality'.",
 }
+_FOLDER_HINTS["contextedit"] = next(e.how for e in CATALOG if e.directory == "contextedit")
 
-# Which model folders each loader node reads (stock loaders included), for matching widget values.
-LOADER_DIRECTORIES = {
-    "ContextEditLoadVLM": ("LLM",),
-    "ContextEditLoadSAM": ("sams",),
-    "ContextEditLoadRegionPredictor": ("contextedit", "clip_vision", "text_encoders", "LLM"),
-    "ContextEditImageStream": ("ipadapter",),
-    "CheckpointLoaderSimple": ("checkpoints",),
-    "UNETLoader": ("diffusion_models",),
-    "CLIPLoader": ("text_encoders",),
-    "DualCLIPLoader": ("text_encoders",),
-    "VAELoader": ("vae",),
-    "CLIPVisionLoader": ("clip_vision",),
+# The model inputs of each loader node (stock loaders included) and the folders each one reads;
+# "off" values (e.g. "none") name no model.
+LOADER_INPUTS = {
+    "ContextEditLoadVLM": {"model_name": ("LLM",)},
+    "ContextEditLoadSAM": {"sam_name": ("sams",)},
+    "ContextEditLoadRegionPredictor": {"region_predictor": ("contextedit",), "clip_vision": ("clip_vision",),
+                                       "text_encoder": ("text_encoders", "LLM"),
+                                       "clip_text": ("clip_vision", "text_encoders")},
+    "ContextEditImageStream": {"ipadapter": ("ipadapter",)},
+    "CheckpointLoaderSimple": {"ckpt_name": ("checkpoints",)},
+    "UNETLoader": {"unet_name": ("diffusion_models",)},
+    "CLIPLoader": {"clip_name": ("text_encoders",)},
+    "DualCLIPLoader": {"clip_name1": ("text_encoders",), "clip_name2": ("text_encoders",)},
+    "VAELoader": {"vae_name": ("vae",)},
+    "CLIPVisionLoader": {"clip_name": ("clip_vision",)},
 }
+OFF_VALUES = ("none", "none (test-time mode)")
+LOADER_DIRECTORIES = {node: tuple(dict.fromkeys(d for dirs in inputs.values() for d in dirs))
+                      for node, inputs in LOADER_INPUTS.items()}
 
 
 def lookup(name: str, directory=None) -> ModelEntry | None:
@@ -249,7 +259,8 @@ def folder_hint(directory: str) -> str | None:
 
 def download_hint(name, kinds) -> str | None:
     """Where to get ``name`` searched in ``kinds`` (a folder name or several): the entry's hint,
-    else what the first folder with a hint should hold; None when nothing is known."""
+    else where to get a model for the first of those folders that has a hint; None when nothing
+    is known."""
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
     entry = lookup(name, kinds)
     if entry is not None:
@@ -257,7 +268,7 @@ def download_hint(name, kinds) -> str | None:
     for kind in kinds:
         hint = folder_hint(kind)
         if hint:
-            return f"Expected there: {hint}"
+            return hint
     return None
 
 

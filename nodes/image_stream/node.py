@@ -11,7 +11,7 @@ from ...attention_patches.comfy_adapter import install_controller
 from ...attention_patches.image_stream import GateMode, comfy_ip_order
 from ..comfy_model import sigma_window, unet_cross_attention_layers
 from ..errors import InputError
-from ..model_folders import list_models, resolve_model
+from ..model_folders import check_model, combo_options, list_models, resolve_model
 from .ipadapter_format import load_ipadapter
 from .stream_patch import (
     DEFAULT_BLOCK_WEIGHTS,
@@ -25,9 +25,10 @@ CATEGORY = "ContextEdit/attention"
 
 def _ipadapter_options():
     try:
-        return list_models("ipadapter")
+        names = list_models("ipadapter")
     except Exception:  # noqa: BLE001 - outside ComfyUI (schema listing in tests) there is no folder_paths
-        return []
+        names = []
+    return combo_options("ipadapter", names)
 
 
 def model_layers(model):
@@ -76,6 +77,11 @@ class ImageStream(io.ComfyNode):
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="A patched clone of the input model.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, ipadapter):
+        # replaces ComfyUI's "Value not in list" with the folders searched and the download source
+        return check_model("ipadapter", ipadapter)
 
     @classmethod
     def execute(cls, model, clip_vision, ipadapter, image, weight, start_percent, end_percent, block_weights,
