@@ -37,6 +37,7 @@ def plan_strings(plans):
 class LoadVLM(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        models = combo_options("LLM", list_models("LLM"))  # a default: the frontend shows no "undefined"
         return io.Schema(
             node_id="ContextEditLoadVLM",
             display_name="ContextEdit Load VLM",
@@ -44,7 +45,7 @@ class LoadVLM(io.ComfyNode):
             description="Loads a local vision-language model (Qwen2.5-VL, Qwen2-VL, Qwen3-VL or another chat VLM) "
                         "from models/LLM/<folder>. Local files only, no remote code; managed by ComfyUI's memory manager.",
             inputs=[
-                io.Combo.Input("model_name", options=combo_options("LLM", list_models("LLM")),
+                io.Combo.Input("model_name", options=models, default=models[0],
                                tooltip="A Hugging Face folder in models/LLM (config.json, processor and tokenizer files, *.safetensors)."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
                                tooltip="auto: bf16 (or fp16) on a GPU, fp32 on the CPU."),

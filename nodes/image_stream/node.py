@@ -42,6 +42,7 @@ def model_layers(model):
 class ImageStream(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        ipadapters = _ipadapter_options()  # a default: the frontend shows no "undefined"
         return io.Schema(
             node_id="ContextEditImageStream",
             display_name="ContextEdit Image Stream",
@@ -57,7 +58,7 @@ class ImageStream(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The SD1.x / SDXL / InstructPix2Pix model to patch (it is cloned, never changed)."),
                 io.ClipVision.Input("clip_vision", tooltip="The CLIP vision model the IP-Adapter was trained with (ViT-H for ip-adapter_sd15 and ip-adapter_sdxl_vit-h, ViT-bigG for ip-adapter_sdxl), from Load CLIP Vision."),
-                io.Combo.Input("ipadapter", options=_ipadapter_options(),
+                io.Combo.Input("ipadapter", options=ipadapters, default=ipadapters[0],
                                tooltip="A plain IP-Adapter file in models/ipadapter (image_proj + ip_adapter.N.to_k_ip/to_v_ip): ip-adapter_sd15, _light, ip-adapter_sdxl(_vit-h). Plus / FaceID variants are not supported."),
                 io.Image.Input("image", tooltip="The image whose CLIP embedding feeds the image stream: the source image (background consistency, InsightEdit's use) or a reference for the edit. One image, or one per latent."),
                 io.Float.Input("weight", default=DEFAULT_LAMBDA, min=0.0, max=5.0, step=0.05,

@@ -17,13 +17,14 @@ CATEGORY = "ContextEdit/masks"
 class LoadSAM(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        models = combo_options("sams", list_models("sams"))  # a default: the frontend shows no "undefined"
         return io.Schema(
             node_id="ContextEditLoadSAM",
             display_name="ContextEdit Load SAM",
             category=CATEGORY,
             description="Loads a segment-anything checkpoint from models/sams (vit_b / vit_l / vit_h recognised from "
                         "the weights; safe loading, no download).",
-            inputs=[io.Combo.Input("sam_name", options=combo_options("sams", list_models("sams")),
+            inputs=[io.Combo.Input("sam_name", options=models, default=models[0],
                                    tooltip="e.g. sam_vit_b_01ec64.pth in models/sams.")],
             outputs=[SamType.Output(display_name="sam", tooltip="The SAM model, for ContextEdit Decode Masks.")],
         )

@@ -68,6 +68,7 @@ def clip_text_options():
 class LoadRegionPredictor(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        vision, t5 = clip_vision_options(), text_encoder_options()  # defaults: the frontend shows no "undefined"
         return io.Schema(
             node_id="ContextEditLoadRegionPredictor",
             display_name="ContextEdit Load Region Predictor",
@@ -84,10 +85,10 @@ class LoadRegionPredictor(io.ComfyNode):
                                default=NO_PREDICTOR,
                                tooltip="A region-predictor checkpoint (*.safetensors, written by nodes/regions/train.py) "
                                        "in models/contextedit, or 'none' for test-time mode."),
-                io.Combo.Input("clip_vision", options=clip_vision_options(),
+                io.Combo.Input("clip_vision", options=vision, default=vision[0],
                                tooltip="The CLIP vision model the predictor was trained with (e.g. "
                                        "clip_vit_large_patch14.safetensors, or a Hugging Face CLIP folder)."),
-                io.Combo.Input("text_encoder", options=text_encoder_options(),
+                io.Combo.Input("text_encoder", options=t5, default=t5[0],
                                tooltip="The FLAN-T5 instruction encoder: a Hugging Face folder (e.g. flan-t5-base) in "
                                        "models/text_encoders or models/LLM."),
                 io.Combo.Input("clip_text", options=clip_text_options(), default=NO_CLIP_TEXT, optional=True,

@@ -185,7 +185,8 @@ def test_empty_model_lists_show_a_readable_placeholder_that_explains_itself(firs
     for (node, name), kind in combos.items():
         spec = info[node]["input"]["required"][name]
         options = spec[1]["options"]
-        assert len(options) == 1 and kind in options[0], (node, name, spec)  # not an empty list ("undefined")
+        assert len(options) == 1 and kind in options[0], (node, name, spec)  # not an empty list
+        assert spec[1].get("default") == options[0], spec  # the search preview shows it, not "undefined"
     placeholder = info["ContextEditLoadVLM"]["input"]["required"]["model_name"][1]["options"][0]
     g = vlm_graph(placeholder)
     errors, text = rejection(first_run_server, g, g.refs["vlm"])
