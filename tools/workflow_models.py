@@ -10,8 +10,8 @@ frontend's missing-models dialog reads (name, url, directory; hash + hash_type w
 ComfyUI's own templates carry them. Models the frontend cannot describe (Hugging Face folders, the
 region-predictor head, which has no download) get none; a stale ``models`` key is removed. Nothing
 else changes: every other key, the layout and the file's JSON formatting stay as they are, so
-this can be re-run after the workflows are edited or regenerated (tools/api_to_ui.py writes no
-``models``: run this after it).
+this can be re-run after the workflows are edited by hand or laid out anew (tools/api_to_ui.py
+calls :func:`apply` itself).
 """
 
 import argparse
