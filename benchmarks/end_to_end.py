@@ -102,13 +102,16 @@ def main():
 
     def run_once():
         t = {}
-        sync(); t0 = time.perf_counter()
+        sync()
+        t0 = time.perf_counter()
         plans, report, *_ = out(ex.CheckInstructions.execute(image=image, instructions=INSTRUCTIONS, vlm=vlm,
                                                              max_new_tokens=args.max_new_tokens))
-        sync(); t["vlm"] = time.perf_counter() - t0
+        sync()
+        t["vlm"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         masks, union, preview = out(mk.DecodeMasks.execute(image=image, plan=manual, dilate=8, feather=4, sam=sam))
-        sync(); t["sam"] = time.perf_counter() - t0
+        sync()
+        t["sam"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         patched, positive, _ = out(at.AttentionMask.execute(
             model=model, clip=clip, masks=masks, prompt="", mode="logits", routing="per instruction (FoI)",
@@ -123,10 +126,12 @@ def main():
         noise = torch.randn(latent["samples"].shape, generator=torch.Generator().manual_seed(42))
         samples = guider.sample(noise, latent["samples"], comfy.samplers.sampler_object("euler"), sigmas, seed=42,
                                 disable_pbar=True)
-        sync(); t["sampling"] = time.perf_counter() - t0
+        sync()
+        t["sampling"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         decoded = vae.decode(samples)
-        sync(); t["decode"] = time.perf_counter() - t0
+        sync()
+        t["decode"] = time.perf_counter() - t0
         assert decoded.shape[1:3] == (size, size)
         return t
 

@@ -23,18 +23,26 @@ class InputError(ContextEditError, ValueError):
 
 
 class ModelNotFoundError(ContextEditError, FileNotFoundError):
-    """A model name could not be resolved to a file or folder in ComfyUI's model folders."""
+    """A model name could not be resolved to a file or folder in ComfyUI's model folders.
 
-    def __init__(self, kind: str, name: str, searched: list, expected: str):
+    ``source`` (from the model catalogue, nodes/model_catalog.py) says where to download the model,
+    or how to make it; ``headline`` replaces the first sentence (e.g. "No LLM model is installed.").
+    """
+
+    def __init__(self, kind: str, name: str, searched: list, expected: str, source: str = None,
+                 headline: str = None):
         self.kind = kind
         self.name = name
         self.searched = list(searched)
         self.expected = expected
+        self.source = source
         where = ", ".join(self.searched) if self.searched else "(no folder registered)"
+        first = headline or f"{kind} model '{name}' was not found."
+        get = f" {source}" if source else ""
+        yaml_key = str(kind).split(" or ")[0]
         super().__init__(
-            f"{kind} model '{name}' was not found. Searched: {where}. Expected {expected}. "
-            f"Put it in one of those folders (or add a '{kind}:' entry to extra_model_paths.yaml) "
-            f"and refresh the node list."
+            f"{first} Searched: {where}. Expected {expected}.{get} Put it in one of the searched folders "
+            f"(or add a '{yaml_key}:' entry to extra_model_paths.yaml) and refresh the node list."
         )
 
 

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from .errors import ModelNotFoundError
+from .model_catalog import download_hint
 
 WEIGHT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
@@ -109,36 +110,70 @@ def list_models(kind: str, fp=None) -> list:
     return list(fp.get_filename_list(kind))
 
 
+def none_installed(kind) -> str:
+    """The one option a loader's list shows when its folder is empty (an empty list reads as
+    "undefined" in the frontend); choosing it fails validation with where to get a model."""
+    first = kind if isinstance(kind, str) else kind[0]
+    return f"(none installed in models/{first})"
+
+
+def combo_options(kind, names) -> list:
+    """``names``, or the :func:`none_installed` placeholder when there are none."""
+    names = list(names)
+    return names if names else [none_installed(kind)]
+
+
+def _kind_matches(kind, root: str, rel: str):
+    """The file or folder ``rel`` under ``root`` when it is a model of ``kind``'s layout."""
+    spec = MODEL_FOLDERS.get(kind)
+    candidate = os.path.join(root, rel)
+    if spec is not None and spec.layout == "hf":
+        return candidate if os.path.isdir(candidate) and _is_hf_folder(candidate) else None
+    if os.path.isfile(candidate):
+        return candidate
+    if os.path.isdir(candidate) and _is_hf_folder(candidate):
+        return candidate  # text encoders / CLIP vision may also be HF folders
+    return None
+
+
 def resolve_model(kind, name: str, fp=None, expected: str = None) -> str:
-    """Full path of model ``name`` of ``kind``; raises ModelNotFoundError naming where it looked.
+    """Full path of model ``name`` of ``kind``; raises ModelNotFoundError naming where it looked,
+    what it expected and, from the model catalogue, where to download it.
 
     ``kind`` may be a tuple of kinds (e.g. ("text_encoders", "LLM")): the first holding ``name``
     wins, and the error lists every folder of every kind."""
-    if isinstance(kind, (tuple, list)):
-        searched = []
-        for k in kind:
-            try:
-                return resolve_model(k, name, fp)
-            except ModelNotFoundError as error:
-                searched.extend(error.searched)
-        spec = MODEL_FOLDERS.get(kind[0])
-        raise ModelNotFoundError(" or ".join(kind), str(name), searched,
-                                 expected or (spec.expected if spec else "a model"))
-    spec = MODEL_FOLDERS.get(kind)
-    expected = spec.expected if spec else f"a model file for '{kind}'"
-    searched = search_paths(kind, fp)
+    kinds = tuple(kind) if isinstance(kind, (tuple, list)) else (kind,)
+    label = " or ".join(kinds)
+    spec = MODEL_FOLDERS.get(kinds[0])
+    expected = expected or (spec.expected if spec else f"a model file for '{kinds[0]}'")
+    searched = [root for k in kinds for root in search_paths(k, fp)]
+
+    def missing(headline=None, what=expected):
+        return ModelNotFoundError(label, str(name), searched, what, source=download_hint(name, kinds),
+                                  headline=headline)
+
+    if name in {none_installed(k) for k in kinds} | {none_installed(kinds)}:
+        raise missing(headline=f"No {label} model is installed.")
     if not name or not isinstance(name, str):
-        raise ModelNotFoundError(kind, str(name), searched, expected)
+        raise missing()
     rel = name.replace("/", os.sep)
     if os.path.isabs(rel) or ".." in rel.split(os.sep):
-        raise ModelNotFoundError(kind, name, searched, expected + " (a name relative to the folder)")
-    for root in searched:
-        candidate = os.path.join(root, rel)
-        if spec is not None and spec.layout == "hf":
-            if os.path.isdir(candidate) and _is_hf_folder(candidate):
-                return candidate
-        elif os.path.isfile(candidate):
-            return candidate
-        elif os.path.isdir(candidate) and _is_hf_folder(candidate):
-            return candidate  # text encoders / CLIP vision may also be HF folders
-    raise ModelNotFoundError(kind, name, searched, expected)
+        raise missing(what=expected + " (a name relative to the folder)")
+    for k in kinds:
+        for root in search_paths(k, fp):
+            found = _kind_matches(k, root, rel)
+            if found:
+                return found
+    raise missing()
+
+
+def check_model(kind, name, fp=None, expected: str = None):
+    """For a node's ``validate_inputs``: True when :func:`resolve_model` finds ``name``, else the
+    error text. A linked input (None at validation time) is checked when the node runs."""
+    if name is None:
+        return True
+    try:
+        resolve_model(kind, name, fp, expected)
+    except ModelNotFoundError as error:
+        return str(error)
+    return True

@@ -6,14 +6,17 @@
 The API file is the source of truth we test headless; the UI file is what users open. Widget
 values are laid out in the order ComfyUI's /object_info declares (``input_order``), with the
 frontend-only extras it expects (the "control after generate" value after seeds, the upload
-button value of LoadImage). A host test converts the UI file back with comfy-cli and checks it
-equals the API file.
+button value of LoadImage), and the loader nodes' model links for the frontend's missing-models
+dialog (tools/workflow_models.py). A host test converts the UI file back with comfy-cli and checks
+it equals the API file.
 """
 
 import argparse
 import json
 import urllib.request
 from collections import defaultdict
+
+from workflow_models import apply as add_model_links
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -110,8 +113,10 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
         if title:
             ui["title"] = title
         nodes.append(ui)
-    return {"last_node_id": max(int(n) for n in api), "last_link_id": link_id, "nodes": nodes, "links": links,
-            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+    ui_doc = {"last_node_id": max(int(n) for n in api), "last_link_id": link_id, "nodes": nodes, "links": links,
+              "groups": [], "config": {}, "extra": {}, "version": 0.4}
+    add_model_links(ui_doc)  # the loaders' properties.models (tools/workflow_models.py)
+    return ui_doc
 
 
 def main():

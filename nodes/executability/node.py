@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..errors import InputError
 from ..managed import ManagedModel, devices
-from ..model_folders import list_models, resolve_model
+from ..model_folders import check_model, combo_options, list_models, resolve_model
 from .checker import check_batch
 from .manual import manual_plans
 from .plan import as_plan_list
@@ -37,6 +37,7 @@ def plan_strings(plans):
 class LoadVLM(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        models = combo_options("LLM", list_models("LLM"))  # a default: the frontend shows no "undefined"
         return io.Schema(
             node_id="ContextEditLoadVLM",
             display_name="ContextEdit Load VLM",
@@ -44,13 +45,19 @@ class LoadVLM(io.ComfyNode):
             description="Loads a local vision-language model (Qwen2.5-VL, Qwen2-VL, Qwen3-VL or another chat VLM) "
                         "from models/LLM/<folder>. Local files only, no remote code; managed by ComfyUI's memory manager.",
             inputs=[
-                io.Combo.Input("model_name", options=list_models("LLM"),
+                io.Combo.Input("model_name", options=models, default=models[0],
                                tooltip="A Hugging Face folder in models/LLM (config.json, processor and tokenizer files, *.safetensors)."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
                                tooltip="auto: bf16 (or fp16) on a GPU, fp32 on the CPU."),
             ],
             outputs=[VLMType.Output(display_name="vlm", tooltip="The loaded VLM, for ContextEdit Check Instructions.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, model_name):
+        # Naming model_name here replaces ComfyUI's "Value not in list" with the pack's error: the
+        # folders searched and where to download the model (POST /prompt answers with it).
+        return check_model("LLM", model_name)
 
     @classmethod
     def execute(cls, model_name, dtype) -> io.NodeOutput:

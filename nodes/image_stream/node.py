@@ -11,7 +11,7 @@ from ...attention_patches.comfy_adapter import install_controller
 from ...attention_patches.image_stream import GateMode, comfy_ip_order
 from ..comfy_model import sigma_window, unet_cross_attention_layers
 from ..errors import InputError
-from ..model_folders import list_models, resolve_model
+from ..model_folders import check_model, combo_options, list_models, resolve_model
 from .ipadapter_format import load_ipadapter
 from .stream_patch import (
     DEFAULT_BLOCK_WEIGHTS,
@@ -25,9 +25,10 @@ CATEGORY = "ContextEdit/attention"
 
 def _ipadapter_options():
     try:
-        return list_models("ipadapter")
+        names = list_models("ipadapter")
     except Exception:  # noqa: BLE001 - outside ComfyUI (schema listing in tests) there is no folder_paths
-        return []
+        names = []
+    return combo_options("ipadapter", names)
 
 
 def model_layers(model):
@@ -41,6 +42,7 @@ def model_layers(model):
 class ImageStream(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        ipadapters = _ipadapter_options()  # a default: the frontend shows no "undefined"
         return io.Schema(
             node_id="ContextEditImageStream",
             display_name="ContextEdit Image Stream",
@@ -56,7 +58,7 @@ class ImageStream(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The SD1.x / SDXL / InstructPix2Pix model to patch (it is cloned, never changed)."),
                 io.ClipVision.Input("clip_vision", tooltip="The CLIP vision model the IP-Adapter was trained with (ViT-H for ip-adapter_sd15 and ip-adapter_sdxl_vit-h, ViT-bigG for ip-adapter_sdxl), from Load CLIP Vision."),
-                io.Combo.Input("ipadapter", options=_ipadapter_options(),
+                io.Combo.Input("ipadapter", options=ipadapters, default=ipadapters[0],
                                tooltip="A plain IP-Adapter file in models/ipadapter (image_proj + ip_adapter.N.to_k_ip/to_v_ip): ip-adapter_sd15, _light, ip-adapter_sdxl(_vit-h). Plus / FaceID variants are not supported."),
                 io.Image.Input("image", tooltip="The image whose CLIP embedding feeds the image stream: the source image (background consistency, InsightEdit's use) or a reference for the edit. One image, or one per latent."),
                 io.Float.Input("weight", default=DEFAULT_LAMBDA, min=0.0, max=5.0, step=0.05,
@@ -76,6 +78,11 @@ class ImageStream(io.ComfyNode):
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="A patched clone of the input model.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, ipadapter):
+        # replaces ComfyUI's "Value not in list" with the folders searched and the download source
+        return check_model("ipadapter", ipadapter)
 
     @classmethod
     def execute(cls, model, clip_vision, ipadapter, image, weight, start_percent, end_percent, block_weights,

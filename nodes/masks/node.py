@@ -5,7 +5,7 @@ from comfy_api.latest import io
 from ..errors import InputError
 from ..managed import ManagedModel, devices
 from ..executability.plan import as_plan_list
-from ..model_folders import list_models, resolve_model
+from ..model_folders import check_model, combo_options, list_models, resolve_model
 from .decode import decode_batch
 from .sam import load_sam
 
@@ -17,16 +17,22 @@ CATEGORY = "ContextEdit/masks"
 class LoadSAM(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        models = combo_options("sams", list_models("sams"))  # a default: the frontend shows no "undefined"
         return io.Schema(
             node_id="ContextEditLoadSAM",
             display_name="ContextEdit Load SAM",
             category=CATEGORY,
             description="Loads a segment-anything checkpoint from models/sams (vit_b / vit_l / vit_h recognised from "
                         "the weights; safe loading, no download).",
-            inputs=[io.Combo.Input("sam_name", options=list_models("sams"),
+            inputs=[io.Combo.Input("sam_name", options=models, default=models[0],
                                    tooltip="e.g. sam_vit_b_01ec64.pth in models/sams.")],
             outputs=[SamType.Output(display_name="sam", tooltip="The SAM model, for ContextEdit Decode Masks.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, sam_name):
+        # replaces ComfyUI's "Value not in list" with the folders searched and the download source
+        return check_model("sams", sam_name)
 
     @classmethod
     def execute(cls, sam_name) -> io.NodeOutput:

@@ -20,7 +20,8 @@ LPIPS linear heads  ``lpips_squeeze.pth`` (optional: torchmetrics installs the s
 Nothing is downloaded: CLIP loads with ``local_files_only=True``, DINO is a timm model created
 without pretrained weights and filled from the file, LPIPS is built with a random backbone and
 filled from the files (see lpips_net.py). A missing network raises ModelNotFoundError naming the
-file names and the folders searched. Loaded networks are cached per (file, device).
+file names, the folders searched and where to download it (nodes/model_catalog.py). Loaded
+networks are cached per (file, device).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 from ..errors import ModelNotFoundError
+from ..model_catalog import lookup
 from ..model_folders import resolve_model
 
 KIND = "metrics"
@@ -80,8 +82,9 @@ def locate(network: str, fp=None) -> str:
             return resolve_model(KIND, name, fp)
         except ModelNotFoundError as error:
             searched = error.searched
+    sources = [entry.hint() for entry in (lookup(n, KIND) for n in spec.names) if entry is not None]
     raise ModelNotFoundError(KIND, " or ".join(spec.names), searched,
-                             f"{spec.what}, needed for {spec.label}")
+                             f"{spec.what}, needed for {spec.label}", source=" ".join(sources) or None)
 
 
 def _locate_optional(names, fp):

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
-from ..errors import InputError
+from ..errors import InputError, ModelNotFoundError
 from ..managed import ManagedModel, devices
-from .models import MetricModels
+from .models import MetricModels, locate
 from .report import json_number, plot_metrics, to_json, to_table
-from .suites import SUITES, compute_batch
+from .suites import SUITES, compute_batch, networks_needed
 
 CATEGORY = "ContextEdit/metrics"
 ALL = "All (PIE-Bench + MagicBrush + Emu Edit)"
@@ -67,6 +67,24 @@ class EditMetrics(io.ComfyNode):
             ],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, metric_set):
+        # Checks, before anything runs, that the networks of the chosen set are in models/metrics:
+        # POST /prompt answers with each missing file, the folders searched and where to download
+        # it. Naming metric_set here also replaces ComfyUI's own check of the list, done first.
+        import folder_paths
+
+        if metric_set not in SET_OPTIONS:
+            return f"metric_set '{metric_set}' is not offered. Pick one of {list(SET_OPTIONS)}."
+        networks = sorted({n for suite in SET_OPTIONS[metric_set] for n in networks_needed(suite)})
+        problems = []
+        for network in networks:
+            try:
+                locate(network, folder_paths)
+            except ModelNotFoundError as error:
+                problems.append(str(error))
+        return "\n".join(problems) or True
 
     @classmethod
     def execute(cls, source, edited, metric_set, source_caption, target_caption, mask=None,

@@ -12,7 +12,7 @@ from comfy_api.latest import io
 
 from ..errors import InputError
 from ..managed import ManagedModel, devices
-from ..model_folders import MODEL_FOLDERS, list_hf_folders, list_models, resolve_model
+from ..model_folders import MODEL_FOLDERS, check_model, combo_options, list_hf_folders, list_models, resolve_model
 from .encoders import ClipTextEncoder, ClipVisionEncoder, T5InstructionEncoder
 from .inference import RegionModels, predict_masks
 from .losses import LossWeights
@@ -24,6 +24,11 @@ CATEGORY = "ContextEdit/regions"
 NO_PREDICTOR = "none (test-time mode)"
 NO_CLIP_TEXT = "none"
 KIND = "region_predictor"
+TEXT_ENCODER_KINDS = ("text_encoders", "LLM")
+T5_EXPECTED = ("a FLAN-T5 Hugging Face folder (config.json, tokenizer files, *.safetensors), e.g. "
+               "models/text_encoders/flan-t5-base")
+CLIP_TEXT_KINDS = ("clip_vision", "text_encoders")
+CLIP_TEXT_EXPECTED = MODEL_FOLDERS["clip_vision"].expected + " as a Hugging Face folder with the text tower and tokenizer"
 # node input -> what it weighs (eq. 10/11 of "Beyond Editing Pairs"); defaults are LossWeights'
 LOSS_WEIGHT_INPUTS = {
     "alpha": "alpha of eq. 11: weight of L_semAlign",
@@ -46,11 +51,13 @@ def _safe_list(fn, kind):
 
 
 def clip_vision_options():
-    return _unique(_safe_list(list_models, "clip_vision") + _safe_list(list_hf_folders, "clip_vision"))
+    return combo_options("clip_vision", _unique(_safe_list(list_models, "clip_vision")
+                                                + _safe_list(list_hf_folders, "clip_vision")))
 
 
 def text_encoder_options():
-    return _unique(_safe_list(list_hf_folders, "text_encoders") + _safe_list(list_hf_folders, "LLM"))
+    return combo_options(TEXT_ENCODER_KINDS, _unique(_safe_list(list_hf_folders, "text_encoders")
+                                                     + _safe_list(list_hf_folders, "LLM")))
 
 
 def clip_text_options():
@@ -61,6 +68,7 @@ def clip_text_options():
 class LoadRegionPredictor(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        vision, t5 = clip_vision_options(), text_encoder_options()  # defaults: the frontend shows no "undefined"
         return io.Schema(
             node_id="ContextEditLoadRegionPredictor",
             display_name="ContextEdit Load Region Predictor",
@@ -77,10 +85,10 @@ class LoadRegionPredictor(io.ComfyNode):
                                default=NO_PREDICTOR,
                                tooltip="A region-predictor checkpoint (*.safetensors, written by nodes/regions/train.py) "
                                        "in models/contextedit, or 'none' for test-time mode."),
-                io.Combo.Input("clip_vision", options=clip_vision_options(),
+                io.Combo.Input("clip_vision", options=vision, default=vision[0],
                                tooltip="The CLIP vision model the predictor was trained with (e.g. "
                                        "clip_vit_large_patch14.safetensors, or a Hugging Face CLIP folder)."),
-                io.Combo.Input("text_encoder", options=text_encoder_options(),
+                io.Combo.Input("text_encoder", options=t5, default=t5[0],
                                tooltip="The FLAN-T5 instruction encoder: a Hugging Face folder (e.g. flan-t5-base) in "
                                        "models/text_encoders or models/LLM."),
                 io.Combo.Input("clip_text", options=clip_text_options(), default=NO_CLIP_TEXT, optional=True,
@@ -92,22 +100,36 @@ class LoadRegionPredictor(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, region_predictor, clip_vision, text_encoder, clip_text=NO_CLIP_TEXT):
+        # Naming the inputs here replaces ComfyUI's "Value not in list" with the pack's errors (folders
+        # searched, where to download, how to train a head). ComfyUI files the answer under each
+        # input named, so the answer names every model that is missing.
+        checks = [("region_predictor", region_predictor, "contextedit", None, NO_PREDICTOR),
+                  ("clip_vision", clip_vision, "clip_vision", None, None),
+                  ("text_encoder", text_encoder, TEXT_ENCODER_KINDS, T5_EXPECTED, None),
+                  ("clip_text", clip_text, CLIP_TEXT_KINDS, CLIP_TEXT_EXPECTED, NO_CLIP_TEXT)]
+        problems = []
+        for input_name, value, kinds, expected, off in checks:
+            if off is not None and value == off:
+                continue
+            verdict = check_model(kinds, value, expected=expected)
+            if verdict is not True:
+                problems.append(f"Input '{input_name}': {verdict}")
+        return "\n".join(problems) or True
+
+    @classmethod
     def execute(cls, region_predictor, clip_vision, text_encoder, clip_text=NO_CLIP_TEXT) -> io.NodeOutput:
         _, offload_device = devices()
         predictor = None
         if region_predictor and region_predictor != NO_PREDICTOR:
             predictor = RegionPredictor.load(resolve_model("contextedit", region_predictor), input_name="region_predictor")
         vision = ClipVisionEncoder.load(resolve_model("clip_vision", clip_vision), input_name="clip_vision")
-        instruction = T5InstructionEncoder.load(
-            resolve_model(("text_encoders", "LLM"), text_encoder, expected="a FLAN-T5 Hugging Face folder (config.json, "
-                         "tokenizer files, *.safetensors), e.g. models/text_encoders/flan-t5-base"),
-            input_name="text_encoder")
+        instruction = T5InstructionEncoder.load(resolve_model(TEXT_ENCODER_KINDS, text_encoder, expected=T5_EXPECTED),
+                                                input_name="text_encoder")
         text = None
         if clip_text and clip_text != NO_CLIP_TEXT:
-            text = ClipTextEncoder.load(
-                resolve_model(("clip_vision", "text_encoders"), clip_text, expected=MODEL_FOLDERS["clip_vision"].expected
-                             + " as a Hugging Face folder with the text tower and tokenizer"),
-                input_name="clip_text")
+            text = ClipTextEncoder.load(resolve_model(CLIP_TEXT_KINDS, clip_text, expected=CLIP_TEXT_EXPECTED),
+                                        input_name="clip_text")
         models = RegionModels(vision, instruction, text, predictor)
         models.check()
         models.to(offload_device)
