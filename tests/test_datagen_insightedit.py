@@ -27,8 +27,17 @@ from contextedit.nodes.datagen.pipeline import STAGES
 from contextedit.nodes.datagen.runner import read_failures, read_json
 from contextedit.nodes.masks import rle
 from contextedit.nodes.masks.sam import load_sam
-from datagen_common import ScriptedVLM, default_reply, tiny_sam_path, tiny_vlm, write_images
-from fixtures.tiny_inpaint import make_tiny_inpaint_folder, make_tiny_inpaint_single_file
+from datagen_common import (
+    ScriptedVLM,
+    default_reply,
+    tiny_sam_path,
+    tiny_vlm,
+    write_images,
+)
+from fixtures.tiny_inpaint import (
+    make_tiny_inpaint_folder,
+    make_tiny_inpaint_single_file,
+)
 from PIL import Image
 from regions_common import one_thread  # noqa: F401
 

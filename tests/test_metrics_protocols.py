@@ -70,7 +70,7 @@ def test_ssim_equals_the_protocol_value_whatever_torchmetrics_is_installed(monke
     # torchmetrics >= 1.5 averages the padded border too: on this small image that is far from the protocol
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    to_tensor = lambda x: torch.from_numpy(x.astype(np.float32) / 255).permute(2, 0, 1)[None]  # noqa: E731
+    to_tensor = lambda x: torch.from_numpy(x.astype(np.float32) / 255).permute(2, 0, 1)[None]
     padded_mean = float(structural_similarity_index_measure(to_tensor(src), to_tensor(edited), data_range=1.0))
     assert abs(padded_mean - expected) > 1e-3
     # our value may not depend on which torchmetrics release computes SSIM: it must not call it
@@ -188,7 +188,7 @@ def test_emu_centre_crop_variant_uses_openai_clip_preprocessing(models, generate
         pil = Image.fromarray(image_u8)
         w, h = pil.size
         pil = pil.resize((int(32 * w / h), 32), Image.BICUBIC)  # torchvision: int(short * long / short)
-        left = int(round((pil.size[0] - 32) / 2.0))
+        left = round((pil.size[0] - 32) / 2.0)  # torchvision: int(round((w - 32) / 2))
         x = np.asarray(pil.crop((left, 0, left + 32, 32)), np.float32) / 255.0
         x = (x - np.array([0.48145466, 0.4578275, 0.40821073])) / np.array([0.26862954, 0.26130258, 0.27577711])
         with torch.no_grad():

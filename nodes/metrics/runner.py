@@ -45,10 +45,10 @@ import time
 
 import numpy as np
 
+from . import references
 from .comfy_client import ComfyClient, ComfyError, output_images
 from .datasets import LAYOUTS, detect_layout, load_rgb, sample_mask
 from .models import MetricModels
-from . import references
 from .references import DATASETS
 from .report import plot_distributions, reference_notes
 from .suites import PROTOCOLS, SUITES, compute, networks_needed, suite_metrics
