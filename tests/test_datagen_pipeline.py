@@ -90,6 +90,19 @@ def test_export_holds_the_kept_pairs_only(run):
     assert sorted(sessions) == sorted(r["pair_id"] for r in rows)
 
 
+def test_export_min_score_refilters_a_reverse_pair_on_its_forward_pairs_score(run, tmp_path):
+    from contextedit.nodes.datagen.export import export
+
+    # overall scores: remove sqrt(7 * 6) = 6.48, replace sqrt(2 * 6) = 3.46; reverse pairs follow
+    counts = export(run["out"], tmp_path / "low", min_score=3.0, log=None)
+    assert counts == {"exported": 4 * len(SIZES), "dropped": 0, "failed": 0}
+    counts = export(run["out"], tmp_path / "mid", min_score=5.0, log=None)
+    assert counts["exported"] == 2 * len(SIZES) and counts["dropped"] == 2 * len(SIZES)
+    rows = [json.loads(line) for line in (tmp_path / "mid" / "pairs.jsonl").read_text().splitlines()]
+    assert {r["task_type"] for r in rows} == {"remove", "add"}
+    assert all((r["scored_with"] != "") == (r["task_type"] == "add") for r in rows)
+
+
 def test_export_loads_in_the_benchmark_runners_magicbrush_reader(run):
     from PIL import Image
 
