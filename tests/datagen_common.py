@@ -46,6 +46,8 @@ def kind_of(prompt: str) -> str:
         return "ground"
     if prompt.startswith("The first image is the original"):
         return "rewrite"
+    if prompt.startswith("Decide whether"):
+        return "filter"
     return "sc" if "Editing instruction:" in prompt else "pq"
 
 
@@ -57,6 +59,8 @@ def default_reply(kind, size, input_size, prompt):
         iw, ih = input_size
         box = [v * iw / w if i % 2 == 0 else v * ih / h for i, v in enumerate(red_box(w, h))]
         return json.dumps([{"bbox_2d": [round(v, 2) for v in box], "label": "red box"}])
+    if kind == "filter":  # every detected object is an edit target
+        return '{"flag": 1}'
     if kind == "rewrite":
         instruction = prompt.split('"')[1]
         return json.dumps({"simple_instruction": instruction, "reasoning_instruction": "edit the thing on the left",

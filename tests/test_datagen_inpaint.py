@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from contextedit.nodes.datagen import inpaint
-from contextedit.nodes.datagen.pipeline import Pipeline
+from contextedit.nodes.datagen.pipeline import STAGES, Pipeline
 from contextedit.nodes.datagen.runner import read_failures, read_json
 from contextedit.nodes.datagen.schemas import validate_inpaint
 from contextedit.nodes.errors import InputError
@@ -84,7 +84,7 @@ def test_inpaint_stage_writes_remove_add_replace_pairs(tmp_path, models):
     inpainter = inpaint.Inpainter(models["file"], config=models["folder"], device="cpu", steps=2, resolution=64)
     pipe = Pipeline(tmp_path / "run", images, vlm=ScriptedVLM(models["vlm"]), sam=models["sam"],
                     inpainter=inpainter, progress=False, log=None)
-    for stage in ("caption", "ground", "mask", "inpaint"):
+    for stage in STAGES[:STAGES.index("inpaint") + 1]:
         assert not pipe.run(stage).failed, read_failures(pipe.out, stage)
     from PIL import Image
 
@@ -98,7 +98,8 @@ def test_inpaint_stage_writes_remove_add_replace_pairs(tmp_path, models):
         remove, add, replace, back = record["pairs"]
         assert remove["origin_img"] == add["target_img"] == record["image"]
         assert remove["target_img"] == add["origin_img"] and replace["target_img"] == back["origin_img"]
-        assert replace["inpaint_prompt"] == "a green box on the left"  # the VLM's replacement caption
+        assert replace["inpaint_prompt"] == "green box"  # the short replacement class, as the repo's replace script
+        assert replace["detailed_caption_target"] == "a green box on the left"
         for pair in (remove, replace):
             with Image.open(pipe.resolve(pair["target_img"])) as result:
                 assert result.size == (w, h)
@@ -106,7 +107,7 @@ def test_inpaint_stage_writes_remove_add_replace_pairs(tmp_path, models):
     first = np.asarray(Image.open(pipe.resolve(read_json(pipe.output("inpaint", "a"))["pairs"][0]["target_img"])))
     again = Pipeline(tmp_path / "again", images, vlm=ScriptedVLM(models["vlm"]), sam=models["sam"],
                      inpainter=inpainter, progress=False, log=None, limit=1)
-    for stage in ("caption", "ground", "mask", "inpaint"):
+    for stage in STAGES[:STAGES.index("inpaint") + 1]:
         again.run(stage)
     second = np.asarray(Image.open(again.resolve(read_json(again.output("inpaint", "a"))["pairs"][0]["target_img"])))
     assert np.array_equal(first, second)  # CPU, same seed and inputs: bit-identical by construction

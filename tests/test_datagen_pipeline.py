@@ -31,9 +31,9 @@ from regions_common import TINY_HEAD, one_thread, tiny_model_paths  # noqa: F401
 
 
 def script(kind, size, input_size, prompt):
-    # "add" pairs are rated low by the scorer, everything else high
-    if kind == "sc" and "Editing instruction: add the" in prompt:
-        return '{"score": [2, 9], "reasoning": "the box was not added"}'
+    # the replace edit is rated low by the scorer, everything else high
+    if kind == "sc" and "Editing instruction: change the red box to green box" in prompt:
+        return '{"score": [2, 9], "reasoning": "the box is not green"}'
     return default_reply(kind, size, input_size, prompt)
 
 
@@ -60,20 +60,22 @@ def test_every_stage_record_validates_and_nothing_failed(run):
     counts = {}
     for kind, _, n_images in run["vlm"].calls:
         counts.setdefault(kind, set()).add(n_images)
-    assert counts == {"caption": {1}, "ground": {1}, "rewrite": {2}, "sc": {2}, "pq": {1}}
+    assert counts == {"caption": {1}, "ground": {1}, "filter": {1}, "rewrite": {2}, "sc": {2}, "pq": {1}}
 
 
 def test_scores_follow_viescore_and_our_threshold(run):
     record = read_json(run["out"] / "score" / "a.json")
     assert record["threshold"] == instruct.THRESHOLD == 6.0
-    by_task = {p["task_type"]: p for p in record["pairs"] if p["task_type"] != "replace"}
-    remove, add = by_task["remove"], by_task["add"]
+    remove, add, replace, back = record["pairs"]
     # VIEScore: O = sqrt(min(SC) * min(PQ)); scripted SC [8, 7], PQ [9, 6] -> sqrt(7 * 6)
     assert remove["scores"]["SC"] == [8.0, 7.0] and remove["scores"]["PQ"] == [9.0, 6.0]
     assert remove["scores"]["overall"] == pytest.approx(math.sqrt(7 * 6), abs=1e-12)  # float64, one sqrt
     assert remove["keep"] is True
-    assert add["scores"]["overall"] == pytest.approx(math.sqrt(2 * 6), abs=1e-12)  # float64, one sqrt
-    assert add["keep"] is False
+    assert replace["scores"]["overall"] == pytest.approx(math.sqrt(2 * 6), abs=1e-12)  # float64, one sqrt
+    assert replace["keep"] is False
+    # reverse pairs are not judged (InsightEdit's 5_evaluate.py); they take their forward pair's verdict
+    assert add["scores"] is None and add["scored_with"] == remove["pair_id"] and add["keep"] is True
+    assert back["scores"] is None and back["scored_with"] == replace["pair_id"] and back["keep"] is False
     assert remove["simple_instruction"] == "remove the red box"  # scripted rewrite echoes the template
     assert remove["reasoning_instruction"] == "edit the thing on the left"
 
@@ -82,10 +84,23 @@ def test_export_holds_the_kept_pairs_only(run):
     export = run["out"] / "export"
     rows = [json.loads(line) for line in (export / "pairs.jsonl").read_text().splitlines()]
     kept = [(item, p) for item in SIZES for p in read_json(run["out"] / "score" / f"{item}.json")["pairs"] if p["keep"]]
-    assert [r["pair_id"] for r in rows] == [p["pair_id"] for _, p in kept] and len(rows) == 3 * len(SIZES)
-    assert {r["task_type"] for r in rows} == {"remove", "replace"}
+    assert [r["pair_id"] for r in rows] == [p["pair_id"] for _, p in kept] and len(rows) == 2 * len(SIZES)
+    assert {r["task_type"] for r in rows} == {"remove", "add"}
     sessions = json.loads((export / "edit_sessions.json").read_text())
     assert sorted(sessions) == sorted(r["pair_id"] for r in rows)
+
+
+def test_export_min_score_refilters_a_reverse_pair_on_its_forward_pairs_score(run, tmp_path):
+    from contextedit.nodes.datagen.export import export
+
+    # overall scores: remove sqrt(7 * 6) = 6.48, replace sqrt(2 * 6) = 3.46; reverse pairs follow
+    counts = export(run["out"], tmp_path / "low", min_score=3.0, log=None)
+    assert counts == {"exported": 4 * len(SIZES), "dropped": 0, "failed": 0}
+    counts = export(run["out"], tmp_path / "mid", min_score=5.0, log=None)
+    assert counts["exported"] == 2 * len(SIZES) and counts["dropped"] == 2 * len(SIZES)
+    rows = [json.loads(line) for line in (tmp_path / "mid" / "pairs.jsonl").read_text().splitlines()]
+    assert {r["task_type"] for r in rows} == {"remove", "add"}
+    assert all((r["scored_with"] != "") == (r["task_type"] == "add") for r in rows)
 
 
 def test_export_loads_in_the_benchmark_runners_magicbrush_reader(run):

@@ -172,15 +172,19 @@ def test_psnr_ssim_match_scikit_image():
 # ----------------------------------------------------------------------------- networks by hand
 
 
-def _clip_by_hand(folder, image_u8, text):
-    """OpenAI CLIP preprocess on a square image (resize to 32, bicubic; crop is then the identity)
+def _clip_by_hand(folder, image_u8, text, ip2p=False):
+    """OpenAI CLIP preprocess on a square image (resize to 32, PIL bicubic; crop is then the identity),
+    or InstructPix2Pix's (``ip2p``: F.interpolate of the [0, 1] image to 32 x 32, bicubic, no antialias),
     and the transformers API's get_*_features, cosine in numpy."""
     from transformers import AutoTokenizer, CLIPModel
 
     model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    pil = Image.fromarray(image_u8).resize((32, 32), Image.BICUBIC)
-    x = np.asarray(pil, np.float32) / 255.0
+    if ip2p:
+        t = torch.from_numpy(image_u8.astype(np.float32) / 255).permute(2, 0, 1)[None]
+        x = torch.nn.functional.interpolate(t, size=32, mode="bicubic", align_corners=False)[0].permute(1, 2, 0).numpy()
+    else:
+        x = np.asarray(Image.fromarray(image_u8).resize((32, 32), Image.BICUBIC), np.float32) / 255.0
     x = (x - np.array([0.48145466, 0.4578275, 0.40821073])) / np.array([0.26862954, 0.26130258, 0.27577711])
     pixels = torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None]
     with torch.no_grad():
@@ -203,17 +207,18 @@ def test_clip_metrics_equal_the_formulas_by_hand(models, generated_dir):
     seen_positive = False
     for seed in range(4):
         src, edited = random_image(30 + seed, 48, 48), random_image(40 + seed, 48, 48)
-        i_src, t_src = _clip_by_hand(large, src, CAPTION_SRC)
+        i_src, t_src = _clip_by_hand(large, src, CAPTION_SRC, ip2p=True)  # Emu Edit set: IP2P preprocessing
         for caption in captions:
-            i_edt, t_edt = _clip_by_hand(large, edited, caption)
-            cos = _cos(i_edt, t_edt)
+            i_edt_crop, t_edt = _clip_by_hand(large, edited, caption)
+            cos = _cos(i_edt_crop, t_edt)
             seen_positive |= cos > 0
             pie = suites.compute("pie", src, edited, models, target_caption=caption)
             # float32 networks, one bicubic resize each: 1e-4 of a 0..100 score
             assert pie["clip_whole"] == pytest.approx(max(100 * cos, 0.0), abs=1e-3)
+            i_edt, _ = _clip_by_hand(large, edited, caption, ip2p=True)
             emu = suites.compute("emu", src, edited, models, source_caption=CAPTION_SRC, target_caption=caption)
             # cosines of float32 embeddings (16 dims): agree to ~1e-6; 1e-5 leaves room for the resize
-            assert emu["clip_out"] == pytest.approx(cos, abs=1e-5)
+            assert emu["clip_out"] == pytest.approx(_cos(i_edt, t_edt), abs=1e-5)
             assert emu["clip_img"] == pytest.approx(_cos(i_src, i_edt), abs=1e-5)
             if caption == CAPTION_SRC:
                 assert emu["clip_dir"] == 0.0  # no text direction: cosine with a zero vector is 0
@@ -342,10 +347,17 @@ def test_bad_inputs_name_the_input(models):
 
 
 def test_non_square_images_and_other_sizes(models):
-    src, edited = random_image(90, 48, 64), random_image(91, 40, 50)  # edited is resized to the source
-    out = suites.compute("pie", src, edited, models, mask=box_mask(48, 64), target_caption=CAPTION_TGT)
+    src = random_image(90, 48, 64)
+    out = suites.compute("pie", src, random_image(91, 48, 64), models, mask=box_mask(48, 64),
+                         target_caption=CAPTION_TGT)
     assert all(math.isfinite(out[k]) for k in ("structure_distance", "psnr_bg", "lpips_bg", "clip_whole"))
     assert out["structure_distance"] > 0
+    # another size: the Emu Edit set resizes it to the source, PIE-Bench refuses it (see test_metrics_protocols)
+    emu = suites.compute("emu", src, random_image(92, 40, 50), models, source_caption=CAPTION_SRC,
+                         target_caption=CAPTION_TGT)
+    assert math.isfinite(emu["l1"]) and math.isfinite(emu["clip_dir"])
+    with pytest.raises(InputError, match="edited"):
+        suites.compute("pie", src, random_image(93, 40, 50), models, target_caption=CAPTION_TGT)
 
 
 def test_metrics_folder_is_registered_additively():

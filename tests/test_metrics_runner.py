@@ -184,3 +184,27 @@ def test_a_sample_past_its_timeout_is_cancelled_listed_and_the_run_goes_on(tmp_p
     with open(tmp_path / "out" / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(r["id"] for r in rows) == sorted(k for k in mapping if k != "hang")
+
+
+def test_summary_shows_paper_rows_only_for_the_dataset_they_were_measured_on(tmp_path, generated_dir):
+    """PIE-Bench folder scored with the PIE-Bench and MagicBrush sets: the PIE-Bench paper rows (measured
+    on PIE-Bench) are printed, the MagicBrush paper rows (measured on MagicBrush's test set) are not."""
+    from fixtures.tiny_metrics import make_tiny_metric_models
+
+    data = make_tiny_pie(tmp_path / "pie", n=1)
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps({"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+                                    "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}))
+    fake = FakeComfy()
+    try:
+        code = runner.main(["--server", fake.url, "--workflow", str(workflow), "--data", str(data),
+                            "--out", str(tmp_path / "out"), "--metrics", "pie,magicbrush",
+                            "--models", str(make_tiny_metric_models(generated_dir))])
+    finally:
+        fake.close()
+    assert code == 0
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    pie_part, mb_part = summary.split("## MagicBrush")
+    assert "| paper: DirectInversion+P2P" in pie_part and "| paper: NTI+P2P" in pie_part
+    assert "| paper:" not in mb_part  # IP2P, IP2P+MagicBrush, ... were measured on MagicBrush's test set
+    assert "MagicBrush test set" in mb_part  # and the summary says where the published rows come from

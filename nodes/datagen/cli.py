@@ -12,11 +12,13 @@ name, so ``python -m`` does not fit; the script bootstraps the package itself)::
     torchrun --nproc_per_node 4 nodes/datagen/cli.py all ...
 
 Stages: caption (VLM: caption + object list), ground (VLM boxes, or Grounding DINO with
---grounding-dino), mask (SAM, COCO RLE), inpaint
-(remove / replace, each also reversed: add / replace back), rewrite (VLM: simple + reasoning
-instruction, captions), score (VLM: VIEScore SC / PQ, overall = sqrt(min SC * min PQ), keep when
->= --threshold), export (JSONL + MagicBrush layout for the region trainer and the benchmark
-runner). Every stage skips items already done (rerun the same command to resume), logs failures
+--grounding-dino), mask (SAM, COCO RLE), filter (VLM: is each detected object a sensible edit
+target, as InsightEdit's object filter; --no-object-filter keeps all), inpaint (the first
+--max-objects targets: remove / replace, each also reversed: add / replace back), rewrite (VLM:
+simple + reasoning instruction, captions), score (VLM: VIEScore SC / PQ on 0-10, overall =
+sqrt(min SC * min PQ), keep when >= --threshold; by default only forward pairs are judged, with the
+template instruction, as InsightEdit's 5_evaluate.py), export (JSONL + MagicBrush layout for the
+region trainer and the benchmark runner, with the raw and the inpainted (grown) mask). Every stage skips items already done (rerun the same command to resume), logs failures
 to OUT/failures/<stage>.jsonl without stopping (exit status 3 when any item failed, 0 otherwise),
 seeds every item from --seed, and takes --limit.
 With several processes each takes every N-th item; ``all`` waits for every process between
@@ -43,7 +45,7 @@ from . import inpaint as inpaint_mod
 from .annotate import BOX_THRESHOLD, TEXT_THRESHOLD
 from .export import export
 from .instruct import THRESHOLD
-from .pipeline import MAX_OBJECTS, STAGES, Pipeline
+from .pipeline import MAX_OBJECTS, SCORE_INSTRUCTIONS, SCORE_PAIRS, STAGES, Pipeline
 from .runner import dist_rank_world
 
 COMMANDS = STAGES + ("export", "all")
@@ -69,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed; each item's seed is derived from it")
     p.add_argument("--limit", type=int, help="first N items only (before splitting over processes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--max-objects", type=int, default=MAX_OBJECTS, help="objects inpainted per image")
+    p.add_argument("--max-objects", type=int, default=MAX_OBJECTS,
+                   help="objects inpainted per image: the first N the filter keeps (our cap)")
+    p.add_argument("--no-object-filter", action="store_true",
+                   help="inpaint the first --max-objects detected objects without asking the VLM whether each "
+                        "is a sensible edit target")
     p.add_argument("--no-replace", action="store_true", help="remove/add pairs only")
     p.add_argument("--steps", type=int, default=inpaint_mod.STEPS, help="inpainting steps (the repo: 45)")
     p.add_argument("--guidance", type=float, default=inpaint_mod.GUIDANCE, help="inpainting CFG scale (the repo: 12)")
@@ -77,7 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="short side the image is inpainted at (the repo: 640; SDXL: 1024)")
     p.add_argument("--dilate-iterations", type=int, default=inpaint_mod.DILATE_ITERATIONS)
     p.add_argument("--erode-iterations", type=int, default=inpaint_mod.ERODE_ITERATIONS)
-    p.add_argument("--threshold", type=float, default=THRESHOLD, help="keep a pair when its overall score >= this")
+    p.add_argument("--threshold", type=float, default=THRESHOLD,
+                   help="keep a pair when its overall score (0-10) >= this (ours: InsightEdit set none)")
+    p.add_argument("--score-pairs", choices=SCORE_PAIRS, default="forward",
+                   help="forward: judge remove / replace pairs, a reverse pair takes its forward pair's verdict "
+                        "(InsightEdit's 5_evaluate.py); all: judge every pair")
+    p.add_argument("--score-instruction", choices=SCORE_INSTRUCTIONS, default="template",
+                   help="the edit the semantic-consistency judge checks: template ('remove the cat', InsightEdit's) "
+                        "or rewritten (the rewrite stage's simple instruction)")
     p.add_argument("--min-score", type=float, help="export: re-filter on the overall score instead of 'keep'")
     p.add_argument("--export-dir", help="export folder (default: OUT/export)")
     p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -115,7 +128,9 @@ def build_pipeline(args, rank: int = 0, world: int = 1, **models) -> Pipeline:
         models_dir=args.models_dir, device=_device(args, rank, world), seed=args.seed, limit=args.limit,
         progress=not args.no_progress, threshold=args.threshold, max_objects=args.max_objects,
         replace=not args.no_replace, steps=args.steps, guidance=args.guidance, resolution=args.resolution,
-        dilate_iterations=args.dilate_iterations, erode_iterations=args.erode_iterations)
+        dilate_iterations=args.dilate_iterations, erode_iterations=args.erode_iterations,
+        filter_objects=not args.no_object_filter, score_pairs=args.score_pairs,
+        score_instruction=args.score_instruction)
 
 
 def main(argv=None, **models) -> int:

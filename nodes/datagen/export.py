@@ -8,10 +8,13 @@
     edit_sessions.json          MagicBrush layout, read by the benchmark runner
     global_descriptions.json    (nodes/metrics/datasets.py load_magicbrush): one single-turn
     local_descriptions.json     session per pair
-    images/<pair>/<pair>-input.png  <pair>-output1.png  <pair>-mask1.png (white = edited region)
+    images/<pair>/<pair>-input.png  <pair>-output1.png  <pair>-mask1.png (white = edited region: the
+                                raw segmentation)  <pair>-inpaint_mask.png (white = the grown mask
+                                the inpainter filled; written when the run recorded it)
 
 A pair is exported when its score record says ``keep`` (VIEScore overall >= the threshold the
-score stage used), or, with ``min_score``, when its overall score is at least that. Export reads
+score stage used; a reverse pair that was not judged carries its forward pair's keep), or, with
+``min_score``, when its overall score (a reverse pair: its forward pair's) is at least that. Export reads
 ``score/*.json`` only and rewrites the index files on every run; image files already there are
 kept (so a rerun after adding items is cheap). A pair whose images cannot be read is logged in
 ``failures/export.jsonl`` and left out.
@@ -64,21 +67,24 @@ def export(run_dir, export_dir=None, min_score: float | None = None, log=print) 
 
     for record_path in sorted((run_dir / "score").glob("*.json")):
         record = read_json(record_path)
+        judged = {p["pair_id"]: p["scores"] for p in record["pairs"] if p.get("scores")}
         for pair in record["pairs"]:
-            score = pair["scores"]["overall"]
-            keep = pair["keep"] if min_score is None else score >= min_score
+            scores = pair["scores"] or judged[pair["scored_with"]]
+            keep = pair["keep"] if min_score is None else scores["overall"] >= min_score
             if not keep:
                 counts["dropped"] += 1
                 continue
             pid = pair["pair_id"]
             folder = export_dir / "images" / pid
-            names = {"input": f"{pid}-input.png", "output": f"{pid}-output1.png", "mask": f"{pid}-mask1.png"}
+            names = {"input": f"{pid}-input.png", "output": f"{pid}-output1.png", "mask": f"{pid}-mask1.png",
+                     "inpaint_mask": f"{pid}-inpaint_mask.png"}
             try:
                 _copy(resolve(pair["origin_img"]), folder / names["input"])
                 _copy(resolve(pair["target_img"]), folder / names["output"])
-                if not (folder / names["mask"]).is_file():
-                    mask = rle.decode(pair["segmentation"]).astype(np.uint8) * 255
-                    save_image_atomic(Image.fromarray(mask, mode="L"), folder / names["mask"])
+                for key, field in (("mask", "segmentation"), ("inpaint_mask", "inpaint_mask")):
+                    if field in pair and not (folder / names[key]).is_file():
+                        mask = rle.decode(pair[field]).astype(np.uint8) * 255
+                        save_image_atomic(Image.fromarray(mask, mode="L"), folder / names[key])
             except Exception as error:  # noqa: BLE001 - one unreadable pair must not stop the export
                 counts["failed"] += 1
                 failures.parent.mkdir(parents=True, exist_ok=True)
@@ -90,10 +96,12 @@ def export(run_dir, export_dir=None, min_score: float | None = None, log=print) 
             rows.append({
                 "pair_id": pid, "source_id": record["id"], "task_type": pair["task_type"],
                 "image": rel + names["input"], "edited": rel + names["output"], "mask": rel + names["mask"],
+                "inpaint_mask": rel + names["inpaint_mask"] if "inpaint_mask" in pair else None,
                 "caption": pair["source_caption"], "target_caption": pair["target_caption"],
                 "instruction": pair["simple_instruction"], "reasoning_instruction": pair["reasoning_instruction"],
                 "template_instructions": pair["instruction"], "class_origin": pair["class_origin"],
                 "class_target": pair["class_target"], "bbox": pair["bbox"], "scores": pair["scores"],
+                "scored_with": pair.get("scored_with", ""),
                 "seed": pair["seed"],
             })
             sessions[pid] = [{"input": names["input"], "mask": names["mask"], "output": names["output"],

@@ -1,13 +1,16 @@
 """Editing pairs by inpainting: remove an object, replace it; each pair also stored reversed.
 
-InsightEdit (``3_1_remove_add_construction.py``) builds, per object: a *remove* pair (source ->
-inpainted without the object) and its reverse *add* pair (inpainted -> source, instruction "add
-the ..."); its replace script does the same with a proposed replacement class (*replace* both
-ways). The inpainting mask is the object's SAM mask grown as the repo grows it
-(:func:`dilate_erode`): 40 iterations of a 5x5 binary dilation, then 15 iterations of a 5x5
-binary erosion of the dilated mask (scipy semantics: pixels outside the image count as
-background, so the erosion also eats 30 px in from the image border). The repo's Gaussian blur of
-the dilated mask is computed but never used there, so it is left out here.
+InsightEdit (``3_1_remove_add_construction.py``) builds, per object that passed the object
+filter (targets.py): a *remove* pair (source -> inpainted without the object) and its reverse *add*
+pair (inpainted -> source, instruction "add the ..."); its replace script does the same with a
+proposed replacement class (*replace* both ways), prompting the inpainter with that short class
+name (``text_guided_prompt=replace_class``; the replacement's detailed caption is only stored).
+The inpainting mask is the object's SAM mask grown as the repo grows it (:func:`dilate_erode`):
+40 iterations of a 5x5 binary dilation, then 15 iterations of a 5x5 binary erosion of the dilated
+mask (scipy semantics: pixels outside the image count as background, so the erosion also eats 30 px
+in from the image border). The repo's Gaussian blur of the dilated mask is computed but never used
+there, so it is left out here. Each pair stores that grown mask (``inpaint_mask``, COCO RLE) beside
+the raw segmentation, and the export writes both.
 
 The inpainter is a plain diffusers inpainting pipeline (SD1.5 / SDXL inpainting, a UNet with 9
 input channels) loaded from a local single file (``from_single_file`` with a local diffusers
@@ -163,8 +166,8 @@ def pair_plans(item_id: str, annotation: dict, index: int, replace: bool = True)
     plans = [("remove", REMOVE_PROMPT, REMOVE_NEGATIVE.format(name=name), base + "_removed", "")]
     target = annotation.get("replace_with", "").strip()
     if replace and target and target.casefold() != name.casefold():
-        prompt = annotation.get("replace_with_caption", "").strip() or target
-        plans.append(("replace", prompt, REPLACE_NEGATIVE, f"{base}_to_{slug(target)}", target))
+        # the short class name, as 3_2_replace_construction.py's text_guided_prompt=replace_class
+        plans.append(("replace", target, REPLACE_NEGATIVE, f"{base}_to_{slug(target)}", target))
     return plans
 
 

@@ -4,11 +4,15 @@ rewrite: a simple and a reasoning instruction (InsightEdit's instruction-recapti
 one-sentence caption of each image (what the region trainer reads as t_o / t_e).
 
 score: VIEScore-style (Ku et al., 2024). The VLM answers two prompts (prompts.SC_PROMPT with both
-images, prompts.PQ_PROMPT with the edited one), each ``{"score": [a, b]}`` on 0..10. As in
-VIEScore, ``SC = min(a_sc, b_sc)``, ``PQ = min(a_pq, b_pq)`` and the overall score is
-``O = sqrt(SC * PQ)`` (0..10). The keep/drop threshold is ours: a pair is kept when
-``O >= THRESHOLD`` (6.0: both the edit and the image quality have to be rated clearly above the
-middle of the scale). InsightEdit's own filter scored 0..5 with GPT-4o and published no threshold.
+images and the edit instruction, prompts.PQ_PROMPT with the edited one), each ``{"score": [a, b]}``.
+As in VIEScore, ``SC = min(a_sc, b_sc)``, ``PQ = min(a_pq, b_pq)`` and the overall score is
+``O = sqrt(SC * PQ)``. Which pairs are judged and with which instruction follows InsightEdit's
+``5_evaluate.py`` by default (pipeline.Pipeline._score: forward pairs, the template instruction).
+
+Two choices are ours, not InsightEdit's: the **0-10 scale** (VIEScore's own prompts; InsightEdit's
+prompt_SC.txt / prompt_PQ.txt ask GPT-4o for 0-5) and the **threshold**: a pair is kept when
+``O >= THRESHOLD`` (6.0: both the edit and the image quality rated clearly above the middle of the
+scale). InsightEdit's released code stores the scores and applies no threshold.
 """
 
 from __future__ import annotations
@@ -87,8 +91,10 @@ def score_pair(vlm, source, target, instruction: str, threshold: float = THRESHO
 def describe_pair(vlm, source, target, instruction: str, task_type: str = "replace", score: bool = True,
                   threshold: float = THRESHOLD) -> dict:
     """Rewrite (and optionally score) one pair without ever failing on a reply: what the ComfyUI
-    node shows. An unreadable rewrite keeps ``instruction`` as the simple instruction and leaves
-    the rest empty; an unreadable or skipped score gives ``overall = -1``. ``notes`` says which."""
+    node shows. The judge checks the given (template) instruction, as the pipeline's default and
+    InsightEdit's scorer do. An unreadable rewrite keeps ``instruction`` as the simple instruction
+    and leaves the rest empty; an unreadable or skipped score gives ``overall = -1``. ``notes``
+    says which."""
     if not isinstance(instruction, str) or not instruction.strip():
         from ..errors import InputError
 
@@ -104,7 +110,7 @@ def describe_pair(vlm, source, target, instruction: str, task_type: str = "repla
     result = dict(fields, scores=None, keep=None, notes=notes)
     if score:
         try:
-            result.update(score_pair(vlm, source, target, fields["simple_instruction"], threshold))
+            result.update(score_pair(vlm, source, target, instruction.strip(), threshold))
         except UnreadableReply as error:
             notes.append(f"could not read a score reply ({error})")
     return result

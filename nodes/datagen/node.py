@@ -23,7 +23,9 @@ class RewriteEditInstruction(io.ComfyNode):
             category="ContextEdit/datagen",
             description="The data pipeline's rewrite step (InsightEdit) on one pair: the VLM sees the source and the "
                         "edited image and writes a simple and a reasoning instruction plus a caption of each image; "
-                        "optionally it rates the pair as VIEScore does (overall = sqrt(min SC * min PQ), 0-10).",
+                        "optionally it rates the pair as VIEScore does (overall = sqrt(min SC * min PQ)), the judge "
+                        "checking the given instruction as InsightEdit's scorer does. The 0-10 scale and the "
+                        "6.0 threshold are ours (InsightEdit asks for 0-5 and sets no threshold).",
             inputs=[
                 VLMType.Input("vlm", tooltip="From ContextEdit Load VLM."),
                 io.Image.Input("source", tooltip="The image before the edit (first of a batch)."),
@@ -34,7 +36,8 @@ class RewriteEditInstruction(io.ComfyNode):
                                tooltip="The kind of edit, told to the VLM."),
                 io.Boolean.Input("score", default=True, tooltip="Also rate the pair (two more VLM calls)."),
                 io.Float.Input("threshold", default=THRESHOLD, min=0.0, max=10.0, step=0.1,
-                               tooltip="Overall score a pair needs to be kept (ours: 6.0)."),
+                               tooltip="Overall score (0-10) a pair needs to be kept (our choice: 6.0; "
+                                       "InsightEdit's code applies none)."),
             ],
             outputs=[
                 io.String.Output(display_name="simple_instruction", tooltip="Short, direct instruction."),

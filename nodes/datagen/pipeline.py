@@ -3,6 +3,7 @@
 Run folder layout (``OUT``)::
 
     caption/<id>.json   ground/<id>.json   mask/<id>.json      one record per source image
+    filter/<id>.json    (the mask record, each object marked edit_target true / false)
     inpaint/<id>.json   inpaint/images/<id>_<k>_<class>_{removed,to_<class>}.png
     rewrite/<id>.json   score/<id>.json
     failures/<stage>.jsonl                                    one line per failed item
@@ -20,14 +21,16 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..masks import rle
-from . import annotate, instruct
+from . import annotate, instruct, targets
 from . import inpaint as inpaint_mod
 from .runner import read_json, run_stage, save_image_atomic
 from .schemas import VALIDATORS
 
-STAGES = ("caption", "ground", "mask", "inpaint", "rewrite", "score")
-PREVIOUS = {"ground": "caption", "mask": "ground", "inpaint": "mask", "rewrite": "inpaint",
+STAGES = ("caption", "ground", "mask", "filter", "inpaint", "rewrite", "score")
+PREVIOUS = {"ground": "caption", "mask": "ground", "filter": "mask", "inpaint": "filter", "rewrite": "inpaint",
             "score": "rewrite"}
+SCORE_PAIRS = ("forward", "all")
+SCORE_INSTRUCTIONS = ("template", "rewritten")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MAX_OBJECTS = 3
 
@@ -59,7 +62,8 @@ class Pipeline:
                  steps: int = inpaint_mod.STEPS, guidance: float = inpaint_mod.GUIDANCE,
                  resolution: int = inpaint_mod.RESOLUTION,
                  dilate_iterations: int = inpaint_mod.DILATE_ITERATIONS,
-                 erode_iterations: int = inpaint_mod.ERODE_ITERATIONS, log=print):
+                 erode_iterations: int = inpaint_mod.ERODE_ITERATIONS, filter_objects: bool = True,
+                 score_pairs: str = "forward", score_instruction: str = "template", log=print):
         self.out = Path(out)
         self.images = Path(images) if images else None
         self._vlm, self._sam, self._inpainter = vlm, sam, inpainter
@@ -69,6 +73,13 @@ class Pipeline:
         self.max_objects, self.replace = max_objects, replace
         self.steps, self.guidance, self.resolution = steps, guidance, resolution
         self.dilate_iterations, self.erode_iterations = dilate_iterations, erode_iterations
+        if score_pairs not in SCORE_PAIRS:
+            raise InputError("score_pairs", f"'{score_pairs}' is not one of {SCORE_PAIRS}.",
+                             "forward: InsightEdit's choice (remove and replace pairs); all: every pair.")
+        if score_instruction not in SCORE_INSTRUCTIONS:
+            raise InputError("score_instruction", f"'{score_instruction}' is not one of {SCORE_INSTRUCTIONS}.",
+                             "template: InsightEdit's choice ('remove the cat'); rewritten: the simple instruction.")
+        self.filter_objects, self.score_pairs, self.score_instruction = filter_objects, score_pairs, score_instruction
         self.log = log
 
     # ---- models (lazy) ---------------------------------------------------------------------
@@ -187,16 +198,32 @@ class Pipeline:
             "annotations": kept, "notes": record.get("notes", []) + notes,
             "sam": os.path.basename(getattr(sam, "path", "") or "")}
 
+    def _filter(self, item_id: str, seed: int) -> dict:
+        """Each detected object marked ``edit_target`` by the VLM (targets.py); all of them without
+        the filter (``filter_objects=False``)."""
+        record = self.previous("filter", item_id)
+        annotations = []
+        if self.filter_objects and record["annotations"]:
+            image = annotate.load_image(record["image"])
+            for ann in record["annotations"]:
+                keep, reply = targets.ask_edit_target(self.vlm, image, record["img_caption"], ann)
+                annotations.append(dict(ann, edit_target=keep, filter_reply=reply))
+        else:
+            annotations = [dict(ann, edit_target=True, filter_reply="") for ann in record["annotations"]]
+        return dict(record, annotations=annotations, object_filter="vlm" if self.filter_objects else "off")
+
     def _inpaint(self, item_id: str, seed: int) -> dict:
         record = self.previous("inpaint", item_id)
         image = annotate.load_image(record["image"])
         inpainter = self.inpainter
         pairs = []
-        for index, ann in enumerate(record["annotations"][: self.max_objects]):
+        chosen = [(i, a) for i, a in enumerate(record["annotations"]) if a.get("edit_target", True)]
+        for index, ann in chosen[: self.max_objects]:
             mask = rle.decode(ann["segmentation"])
             grown = inpaint_mod.dilate_erode(mask, self.dilate_iterations, self.erode_iterations)
             if not grown.any():
                 grown = mask
+            grown_rle = rle.encode(grown.astype(bool))
             for number, (kind, prompt, negative, stem, target) in enumerate(
                     inpaint_mod.pair_plans(item_id, ann, index, self.replace)):
                 pair_seed = (seed + 1009 * index + number) & 0x7FFFFFFF
@@ -208,12 +235,13 @@ class Pipeline:
                         inpaint_mod.pairs_for(kind, record["image"], rel, ann["class_name"], target)):
                     pairs.append({
                         "pair_id": f"{stem}{'_rev' if n else ''}", "task_type": task,
+                        "reverse_of": stem if n else "",
                         "origin_img": origin, "target_img": target_img, "instruction": instructions,
                         "class_origin": c_origin, "class_target": c_target,
                         "detailed_caption": ann.get("detailed_caption", ""),
                         "detailed_caption_target": ann.get("replace_with_caption", "") if kind == "replace" else "",
-                        "bbox": ann["bbox"], "segmentation": ann["segmentation"], "seed": pair_seed,
-                        "inpaint_prompt": prompt, "inpaint_negative_prompt": negative})
+                        "bbox": ann["bbox"], "segmentation": ann["segmentation"], "inpaint_mask": grown_rle,
+                        "seed": pair_seed, "inpaint_prompt": prompt, "inpaint_negative_prompt": negative})
         return {k: record[k] for k in ("id", "image", "width", "height", "img_caption")} | {
             "pairs": pairs, "settings": inpainter.settings() | {
                 "dilate_iterations": self.dilate_iterations, "erode_iterations": self.erode_iterations}}
@@ -232,10 +260,36 @@ class Pipeline:
         return dict(record, pairs=pairs)
 
     def _score(self, item_id: str, seed: int) -> dict:
+        """InsightEdit's 5_evaluate.py by default: only forward pairs (remove, replace) are judged, the
+        semantic-consistency judge checking the template instruction; a reverse pair (add, replace
+        back) is not judged and takes its forward pair's keep (ours: the same two images, swapped).
+        ``score_pairs='all'`` judges every pair, ``score_instruction='rewritten'`` the simple one."""
         record = self.previous("score", item_id)
+        verdicts = {}
+        for pair in record["pairs"]:
+            if self.score_pairs == "all" or reverse_of(pair) is None:
+                source, target = self._pair_images(pair)
+                instruction = (pair["instruction"][0] if self.score_instruction == "template"
+                               else pair["simple_instruction"])
+                verdicts[pair["pair_id"]] = dict(instruct.score_pair(self.vlm, source, target, instruction,
+                                                                     self.threshold), scored_instruction=instruction)
         pairs = []
         for pair in record["pairs"]:
-            source, target = self._pair_images(pair)
-            pairs.append(dict(pair, **instruct.score_pair(self.vlm, source, target,
-                                                           pair["simple_instruction"], self.threshold)))
-        return dict(record, pairs=pairs, threshold=self.threshold)
+            if pair["pair_id"] in verdicts:
+                pairs.append(dict(pair, **verdicts[pair["pair_id"]], scored_with=""))
+                continue
+            forward = reverse_of(pair)
+            if forward not in verdicts:
+                raise ValueError(f"pair '{pair['pair_id']}' is the reverse of '{forward}', which this record lacks")
+            pairs.append(dict(pair, scores=None, keep=verdicts[forward]["keep"], scored_instruction="",
+                              scored_with=forward))
+        return dict(record, pairs=pairs, threshold=self.threshold, score_pairs=self.score_pairs,
+                    score_instruction=self.score_instruction)
+
+
+def reverse_of(pair: dict):
+    """The forward pair id of a reverse pair (add, replace back), None for a forward pair (records
+    written before ``reverse_of`` existed: the ``_rev`` id suffix)."""
+    if pair.get("reverse_of"):
+        return pair["reverse_of"]
+    return pair["pair_id"][:-4] if pair["pair_id"].endswith("_rev") else None

@@ -7,6 +7,12 @@ ours per object: ``replace_with`` (an object class that could stand in its place
 ``replace_with_caption``, which the inpaint stage uses for its replace pairs (the repo asks an
 LLM for that class in its replace script).
 
+The filter prompt carries the intent of InsightEdit's object filter
+(``1_3_1_remove_add_filter(optional).py``, also called inside ``3_1_remove_add_construction.py``):
+per detected object, given the image caption, the object's class name and detailed caption, is it
+a concrete thing an edit can remove or replace (answer ``{"flag": 1}``) or natural scenery, a body
+part or something worn, an abstract word, the whole scene or a point of view (``{"flag": 0}``).
+
 The score prompts follow VIEScore (Ku et al., 2024): semantic consistency (SC) sees source and
 edited image and rates instruction following and absence of over-editing; perceptual quality
 (PQ) sees the edited image and rates naturalness and absence of artifacts; each 0-10, answered as
@@ -24,6 +30,17 @@ CAPTION_PROMPT = (
     "{\"object_list\": [{\"category\": \"...\", \"obj_simple_caption\": \"...\", "
     "\"obj_detailed_caption\": \"...\", \"replace_with\": \"...\", \"replace_with_caption\": \"...\"}], "
     "\"img_caption\": \"...\"}"
+)
+
+FILTER_PROMPT = (
+    "Decide whether one object in this image is a sensible target for an image edit that removes it or "
+    "replaces it with something else.\nImage description: {img_caption}\nObject: {class_name}\n"
+    "Object description: {detailed_caption}\nAnswer 1 when the object is a concrete thing that can be told "
+    "apart on its own: a person, an animal, a plant, a tool, furniture, a vehicle, a device, a building and "
+    "the like. Answer 0 when it is natural scenery (mountains, a river, the sky, the sea, a forest, a "
+    "desert), a part of a body or something worn on it, an abstract word (scenery, background, view, "
+    "unknown), the environment or scene as a whole, or a word about the point of view (perspective, "
+    "wide-angle view). Answer with JSON only: {{\"flag\": 1}} or {{\"flag\": 0}}."
 )
 
 GROUND_PROMPT = (
@@ -69,6 +86,11 @@ PQ_PROMPT = _SCORE_HEADER + (
     "- Second score (no artifacts): 0 means large distortions, watermarks, scratches, blurred faces, "
     "unusual body parts or subjects that do not fit together, 10 means no artifacts."
 )
+
+
+def filter_prompt(img_caption: str, class_name: str, detailed_caption: str) -> str:
+    return FILTER_PROMPT.format(img_caption=img_caption, class_name=class_name,
+                                detailed_caption=detailed_caption or "(none)")
 
 
 def ground_prompt(objects, coordinates: str) -> str:

@@ -105,6 +105,17 @@ def validate_mask(record):
     _annotations("mask", record, with_masks=True)
 
 
+def validate_filter(record):
+    stage = "filter"
+    _base(stage, record)
+    _annotations(stage, record, with_masks=True)
+    _check(stage, record.get("object_filter") in ("vlm", "off"), "object_filter", "must be 'vlm' or 'off'")
+    for i, ann in enumerate(record["annotations"]):
+        _check(stage, isinstance(ann.get("edit_target"), bool), f"annotations[{i}].edit_target",
+               "must be true or false")
+        _text(stage, ann, "filter_reply", f"annotations[{i}].", allow_empty=True)
+
+
 def _pairs(stage, record, extra):
     pairs = record.get("pairs")
     _check(stage, isinstance(pairs, list), "pairs", "must be a list")
@@ -127,6 +138,9 @@ def _pairs(stage, record, extra):
             _text(stage, pair, key, where, allow_empty=True)
         _box(stage, pair.get("bbox"), where + "bbox", record["width"], record["height"])
         _rle(stage, pair.get("segmentation"), where + "segmentation", record["width"], record["height"])
+        if "inpaint_mask" in pair:  # the grown mask that was inpainted (absent in records of older runs)
+            _rle(stage, pair["inpaint_mask"], where + "inpaint_mask", record["width"], record["height"])
+        _check(stage, isinstance(pair.get("reverse_of", ""), str), where + "reverse_of", "must be a string")
         _check(stage, isinstance(pair.get("seed"), int), where + "seed", "must be an integer")
         extra(pair, where)
 
@@ -153,10 +167,18 @@ def validate_score(record):
     _base(stage, record)
     rewritten = _rewritten(stage)
 
+    judged = {p.get("pair_id") for p in record.get("pairs", []) if isinstance(p, dict)
+              and isinstance(p.get("scores"), dict)} if isinstance(record, dict) else set()
+
     def check(pair, where):
         rewritten(pair, where)
+        _check(stage, isinstance(pair.get("keep"), bool), where + "keep", "must be true or false")
         scores = pair.get("scores")
-        _check(stage, isinstance(scores, dict), where + "scores", "must be an object")
+        if scores is None:  # not judged (a reverse pair): its verdict is the judged pair it names
+            _check(stage, pair.get("scored_with") in judged, where + "scored_with",
+                   "must name a judged pair of this record when scores is null")
+            return
+        _check(stage, isinstance(scores, dict), where + "scores", "must be an object or null")
         for key in ("SC", "PQ"):
             values = scores.get(key)
             _check(stage, isinstance(values, list) and len(values) == 2
@@ -164,11 +186,11 @@ def validate_score(record):
                    "must be two numbers in 0..10")
         _check(stage, _number(scores.get("overall")) and 0 <= scores["overall"] <= 10,
                where + "scores.overall", "must be a number in 0..10")
-        _check(stage, isinstance(pair.get("keep"), bool), where + "keep", "must be true or false")
 
     _pairs(stage, record, check)
     _check(stage, _number(record.get("threshold")), "threshold", "must be a number")
 
 
 VALIDATORS = {"caption": validate_caption, "ground": validate_ground, "mask": validate_mask,
-              "inpaint": validate_inpaint, "rewrite": validate_rewrite, "score": validate_score}
+              "filter": validate_filter, "inpaint": validate_inpaint, "rewrite": validate_rewrite,
+              "score": validate_score}

@@ -1,14 +1,22 @@
 """CLIP similarities (transformers ``CLIPModel`` from a local Hugging Face folder, local files only).
 
-Preprocessing is OpenAI CLIP's ``preprocess`` on a PIL image: ``Resize(S, bicubic)`` of the short
-side, ``CenterCrop(C)``, ``ToTensor``, normalisation, with S, C, mean, std read from the folder's
-``preprocessor_config.json`` (224 / 224 / OpenAI's mean and std for the real models). That is what
-MagicBrush (``clip.load``) and, through the PIL-based ``CLIPProcessor`` of its time, torchmetrics'
-``CLIPScore`` in PIE-Bench did. Text is tokenised with the folder's tokenizer, truncated to 77.
+Two image preprocessings, S, C, mean, std read from the folder's ``preprocessor_config.json``
+(224 / 224 / OpenAI's mean and std for the real models):
+
+- ``center_crop`` (default): OpenAI CLIP's ``preprocess`` on a PIL image: ``Resize(S, bicubic)`` of
+  the short side, ``CenterCrop(C)``, ``ToTensor``, normalisation. That is what MagicBrush
+  (``clip.load``) and, through the PIL-based ``CLIPProcessor`` of its time, torchmetrics'
+  ``CLIPScore`` in PIE-Bench did.
+- ``ip2p``: InstructPix2Pix's ``metrics/clip_similarity.py``: the image as a [0, 1] float tensor,
+  ``F.interpolate`` to C x C (bicubic, ``align_corners=False``, no antialias; the aspect ratio is
+  not kept and nothing is cropped), normalisation. (Its ``compute_metrics.py`` passes [-1, 1]
+  images to that class, which documents [0, 1] input; we follow the class's documented input.)
+
+Text is tokenised with the folder's tokenizer, truncated to 77.
 
 - :func:`clip_score` (PIE-Bench, ViT-L/14): torchmetrics' CLIPScore, ``100 * max(cos(img, txt), 0)``.
-- :meth:`ClipModel.cosine` pairs (MagicBrush CLIP-I / CLIP-T with ViT-B/32; Emu Edit CLIP-img /
-  CLIP-out with ViT-L/14): plain cosine of the projected embeddings, no scaling or clamp.
+- :func:`cosine` pairs (MagicBrush CLIP-I / CLIP-T with ViT-B/32; Emu Edit CLIP-img / CLIP-out with
+  ViT-L/14 and the ``ip2p`` preprocessing): plain cosine of the projected embeddings, no scaling or clamp.
 - :func:`direction_similarity` (Emu Edit / InstructPix2Pix CLIPdir): cos(E_img(out) - E_img(in),
   E_txt(target caption) - E_txt(source caption)).
 """
@@ -67,7 +75,15 @@ class ClipModel:
     def device(self):
         return next(self.model.parameters()).device
 
-    def preprocess(self, image_u8: np.ndarray) -> torch.Tensor:
+    def preprocess(self, image_u8: np.ndarray, mode: str = "center_crop") -> torch.Tensor:
+        if mode == "ip2p":
+            x = torch.from_numpy(np.ascontiguousarray(image_u8).astype(np.float32) / 255).permute(2, 0, 1)[None]
+            x = torch.nn.functional.interpolate(x, size=(self.crop, self.crop), mode="bicubic", align_corners=False)
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+            return ((x - mean) / std)[0]
+        if mode != "center_crop":
+            raise ValueError(f"unknown CLIP preprocessing '{mode}' (center_crop or ip2p)")
         from PIL import Image
         from torchvision import transforms
 
@@ -80,14 +96,14 @@ class ClipModel:
         return transform(Image.fromarray(np.ascontiguousarray(image_u8)).convert("RGB"))
 
     @torch.no_grad()
-    def image_features(self, images_u8) -> torch.Tensor:
+    def image_features(self, images_u8, preprocess: str = "center_crop") -> torch.Tensor:
         """Projected image embeddings [B, P] (not normalised), float32 on CPU.
 
         One forward per image (as the reference scripts do): a batch may round differently per
         row, and equal images must give bit-equal embeddings."""
         rows = []
         for image in images_u8:
-            pixels = self.preprocess(image).unsqueeze(0).to(self.device)
+            pixels = self.preprocess(image, preprocess).unsqueeze(0).to(self.device)
             pooled = self.model.vision_model(pixel_values=pixels).pooler_output
             rows.append(self.model.visual_projection(pooled).float().cpu())
         return torch.cat(rows)
@@ -116,7 +132,8 @@ def clip_score(clip: ClipModel, image_u8: np.ndarray, text: str) -> float:
     return max(100.0 * cosine(clip.image_features([image_u8])[0], clip.text_features([text])[0]), 0.0)
 
 
-def direction_similarity(clip: ClipModel, source_u8, edited_u8, source_caption: str, target_caption: str) -> float:
-    img = clip.image_features([source_u8, edited_u8])
+def direction_similarity(clip: ClipModel, source_u8, edited_u8, source_caption: str, target_caption: str,
+                         preprocess: str = "ip2p") -> float:
+    img = clip.image_features([source_u8, edited_u8], preprocess)
     txt = clip.text_features([source_caption, target_caption])
     return cosine(img[1] - img[0], txt[1] - txt[0])

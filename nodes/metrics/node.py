@@ -18,7 +18,7 @@ from .suites import SUITES, compute_batch, networks_needed
 
 CATEGORY = "ContextEdit/metrics"
 ALL = "All (PIE-Bench + MagicBrush + Emu Edit)"
-SET_OPTIONS = {SUITES[k][0]: (k,) for k in ("pie", "magicbrush", "emu", "pixel")}
+SET_OPTIONS = {SUITES[k][0]: (k,) for k in ("pie", "magicbrush", "emu", "emu_crop", "pixel")}
 SET_OPTIONS[ALL] = ("pie", "magicbrush", "emu")
 
 
@@ -40,14 +40,20 @@ class EditMetrics(io.ComfyNode):
                 "Scores an edit with the metrics of PIE-Bench (structure distance, background PSNR/LPIPS/MSE/SSIM, "
                 "CLIP similarity), MagicBrush (L1, L2, CLIP-I, DINO, CLIP-T) or Emu Edit (CLIP direction/image/output, "
                 "L1, DINO), computed as the benchmarks' own code does. Outputs a markdown table, JSON and a bar plot "
-                "with the papers' published values. Networks load from models/metrics (CLIP HF folders, DINO and "
-                "SqueezeNet weights; see the README); 'Pixel' needs none."
+                "with the papers' published values, each labelled with the dataset it was measured on and its "
+                "backbones / preprocessing (comparable only when both match). Networks load from models/metrics "
+                "(CLIP HF folders, DINO and SqueezeNet weights; see the README); 'Pixel' needs none."
             ),
             inputs=[
                 io.Image.Input("source", tooltip="The image before the edit."),
-                io.Image.Input("edited", tooltip="The edited image (resized to the source size when it differs)."),
+                io.Image.Input("edited", tooltip="The edited image. PIE-Bench / Pixel: the source's size, or a "
+                                                 "non-square strip whose bottom-right panel is the edit (cropped "
+                                                 "as PIE-Bench's evaluate.py does; other sizes are refused). "
+                                                 "Emu Edit: resized to the source; MagicBrush: to the reference."),
                 io.Combo.Input("metric_set", options=list(SET_OPTIONS), default=SUITES["pie"][0],
-                               tooltip="Which paper's metrics to compute."),
+                               tooltip="Which paper's metrics to compute. Emu Edit uses InstructPix2Pix's CLIP "
+                                       "preprocessing (resize to 224x224, no crop); 'Emu Edit, centre-crop CLIP' "
+                                       "the OpenAI crop most reimplementations use."),
                 io.String.Input("source_caption", multiline=True, default="",
                                 tooltip="Caption of the source image (Emu Edit CLIP direction needs it)."),
                 io.String.Input("target_caption", multiline=True, default="",

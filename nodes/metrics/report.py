@@ -8,8 +8,9 @@ import math
 
 import numpy as np
 
-from .references import REFERENCES
-from .suites import SUITES, suite_metrics
+from . import references
+from .references import DATASETS
+from .suites import PROTOCOLS, SUITES, suite_metrics
 
 
 def reported(metric, raw: float) -> float:
@@ -38,9 +39,11 @@ def to_json(results: dict) -> str:
             entries[metric.key] = {
                 "label": metric.label, "value": json_number(raw), "reported": json_number(reported(metric, raw)),
                 "scale": metric.scale, "unit": metric.unit, "higher_is_better": metric.higher_is_better,
-                "references": REFERENCES.get(suite, {}).get(metric.key, {}),
+                "references": references.values(suite, metric.key),
             }
-        payload[suite] = {"name": SUITES[suite][0], "metrics": entries}
+        payload[suite] = {"name": SUITES[suite][0], "protocol": PROTOCOLS[suite], "metrics": entries,
+                          "reference_rows": [{"method": r.method, "dataset": DATASETS[r.dataset], "source": r.source,
+                                              "protocol": r.protocol} for r in references.rows(suite)]}
     return json.dumps(payload, indent=2)
 
 
@@ -53,16 +56,26 @@ def json_number(value):
     return float(value)
 
 
+def reference_notes(suite: str, dataset: str | None = None) -> list:
+    """Markdown list lines labelling the papers' rows: dataset, source, backbones and preprocessing."""
+    return [f"- {r.label()}" for r in references.rows(suite, dataset)]
+
+
 def to_table(results: dict) -> str:
-    """A markdown table per set: metric, our value (paper scale), better direction, references."""
+    """A markdown table per set: metric, our value (paper scale), better direction, references;
+    then our protocol and each reference row's dataset and protocol (compare like with like)."""
     lines = []
     for suite, values in results.items():
         lines += [f"### {SUITES[suite][0]}", "", "| metric | value | better | papers |", "|---|---|---|---|"]
         for metric in suite_metrics(suite):
-            refs = REFERENCES.get(suite, {}).get(metric.key, {})
+            refs = references.values(suite, metric.key)
             ref_text = ", ".join(f"{name} {_fmt(v)}" for name, v in refs.items()) or "-"
             lines.append(f"| {_label(metric)} | {_fmt(reported(metric, values.get(metric.key, float('nan'))))} | "
                          f"{'higher' if metric.higher_is_better else 'lower'} | {ref_text} |")
+        lines += ["", f"Ours: {PROTOCOLS[suite]}."]
+        notes = reference_notes(suite)
+        if notes:
+            lines += ["Papers' rows (comparable only on the same dataset and protocol):"] + notes
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -99,7 +112,7 @@ def plot_metrics(results: dict, dpi: int = 80) -> np.ndarray:
         ax.axis("off")
     for ax, (suite, metric, raw) in zip(axes.flat, panels):
         value = reported(metric, raw)
-        refs = REFERENCES.get(suite, {}).get(metric.key, {})
+        refs = references.values(suite, metric.key)
         shown = value if math.isfinite(value) else 0.0
         ax.bar([0], [shown], width=0.6, color="#4C72B0" if math.isfinite(value) else "#cccccc")
         ax.text(0, shown, _fmt(value), ha="center", va="bottom", fontsize=8)
@@ -119,8 +132,10 @@ def plot_metrics(results: dict, dpi: int = 80) -> np.ndarray:
     return image
 
 
-def plot_distributions(rows: list, suite: str, metric, group_key: str, path: str, dpi: int = 90) -> None:
-    """Box plot of one metric's per-sample values, one box per edit type, papers' values as lines."""
+def plot_distributions(rows: list, suite: str, metric, group_key: str, path: str, dpi: int = 90,
+                       dataset: str | None = None) -> None:
+    """Box plot of one metric's per-sample values, one box per edit type, papers' values (the rows
+    measured on ``dataset`` when given) as lines."""
     plt = _pyplot()
     groups = {}
     for row in rows:
@@ -134,9 +149,10 @@ def plot_distributions(rows: list, suite: str, metric, group_key: str, path: str
         ax.boxplot([groups[n] for n in names], showmeans=True)
         ax.set_xticks(range(1, len(names) + 1))
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
-    for i, (name, ref) in enumerate(REFERENCES.get(suite, {}).get(metric.key, {}).items()):
+    refs = references.values(suite, metric.key, dataset)
+    for i, (name, ref) in enumerate(refs.items()):
         ax.axhline(ref, color=f"C{(i % 9) + 1}", linestyle="--", linewidth=1, label=name)
-    if REFERENCES.get(suite, {}).get(metric.key):
+    if refs:
         ax.legend(fontsize=6)
     ax.set_title(f"{SUITES[suite][0]}: {_label(metric)} per edit type "
                  f"({'higher' if metric.higher_is_better else 'lower'} is better)", fontsize=8)

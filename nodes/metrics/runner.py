@@ -18,7 +18,7 @@ images) and score it.
 
 OUT holds ``results.csv`` (one row per finished sample, written as it finishes), ``failures.csv``
 (sample, error; a failure never stops the run), ``images/<id>.png``, ``summary.md`` (means per
-edit type, the papers' values), ``plots/<set>_<metric>.png`` (distribution per edit type) and
+edit type; the papers' rows measured on this benchmark, labelled with their protocol), ``plots/<set>_<metric>.png`` (distribution per edit type) and
 ``run.json``. Rerunning with the same OUT resumes: samples already in results.csv are skipped;
 failed ones are tried again.
 """
@@ -45,15 +45,17 @@ import time
 
 import numpy as np
 
+from . import references
 from .comfy_client import ComfyClient, ComfyError, output_images
 from .datasets import LAYOUTS, detect_layout, load_rgb, sample_mask
 from .models import MetricModels
-from .references import REFERENCES
-from .report import plot_distributions
-from .suites import SUITES, compute, networks_needed, suite_metrics
+from .references import DATASETS
+from .report import plot_distributions, reference_notes
+from .suites import PROTOCOLS, SUITES, compute, networks_needed, suite_metrics
 
 BASE_COLUMNS = ["id", "edit_type", "status", "seconds", "output"]
 DEFAULT_SETS = {"pie": ("pie",), "magicbrush": ("magicbrush",)}
+LAYOUT_DATASET = {"pie": "pie", "magicbrush": "magicbrush"}  # folder layout -> references.DATASETS key
 UPLOAD_SUBFOLDER = "contextedit_bench"
 
 
@@ -133,8 +135,9 @@ def _float(text):
         return float("nan")
 
 
-def summarise(rows: list, sets, out_dir: str, failures: list) -> str:
-    """summary.md (means per edit type and overall, reported scales, papers' values) and the plots."""
+def summarise(rows: list, sets, out_dir: str, failures: list, dataset: str | None = None) -> str:
+    """summary.md (means per edit type and overall, reported scales, the papers' rows measured on
+    ``dataset`` -- a references.DATASETS key; none when it is None) and the plots."""
     os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
     groups = sorted({r["edit_type"] for r in rows})
     lines = ["# Benchmark summary", "", f"{len(rows)} samples scored, {len(failures)} failed.", ""]
@@ -153,13 +156,22 @@ def summarise(rows: list, sets, out_dir: str, failures: list) -> str:
                 cells.append(_fmt(float(np.mean(finite)) * m.scale) if finite else "n/a")
             name = f"**{group}**" if group == "all" else group
             lines.append(f"| {name} | {len(members)} | " + " | ".join(cells) + " |")
-        methods = sorted({name for m in metrics for name in REFERENCES.get(suite, {}).get(m.key, {})})
-        for method in methods:
-            cells = [_fmt(REFERENCES.get(suite, {}).get(m.key, {}).get(method)) for m in metrics]
-            lines.append(f"| paper: {method} | | " + " | ".join(cells) + " |")
+        published = references.rows(suite, dataset) if dataset else []
+        for row in published:
+            cells = [_fmt(row.values.get(m.key)) for m in metrics]
+            lines.append(f"| paper: {row.method} | | " + " | ".join(cells) + " |")
+        lines += ["", f"Ours: {PROTOCOLS[suite]}."]
+        if published:
+            lines += ["Papers' rows:"] + reference_notes(suite, dataset)
+        elif references.rows(suite):
+            measured = sorted({DATASETS[r.dataset] for r in references.rows(suite)})
+            lines.append(f"No published {SUITES[suite][0]} rows on "
+                         f"{DATASETS[dataset] if dataset else 'this data'}: the papers measured them on "
+                         f"{', '.join(measured)}.")
         lines.append("")
         for m in metrics:
-            plot_distributions(values, suite, m, "edit_type", os.path.join(out_dir, "plots", f"{suite}_{m.key}.png"))
+            plot_distributions(values, suite, m, "edit_type", os.path.join(out_dir, "plots", f"{suite}_{m.key}.png"),
+                               dataset=dataset or "")
     if failures:
         lines += ["## Failures", ""] + [f"- {f['id']}: {f['error']}" for f in failures] + [""]
     text = "\n".join(lines)
@@ -176,7 +188,7 @@ def build_parser():
     p.add_argument("--data", required=True, help="benchmark folder (PIE-Bench or MagicBrush layout)")
     p.add_argument("--layout", choices=sorted(LAYOUTS), help="folder layout (default: detected)")
     p.add_argument("--out", required=True, help="output folder (reused to resume)")
-    p.add_argument("--metrics", help="comma-separated metric sets: pie, magicbrush, emu, pixel "
+    p.add_argument("--metrics", help="comma-separated metric sets: pie, magicbrush, emu, emu_crop, pixel "
                                      "(default: the layout's own set)")
     p.add_argument("--models", action="append", default=[], help="folder with the metric networks "
                    "(as ComfyUI/models/metrics; repeatable)")
@@ -281,7 +293,7 @@ def main(argv=None) -> int:
     progress.close()
     elapsed = time.monotonic() - t_start
     rows = [done[s.id] for s in samples if s.id in done]
-    summarise(rows, sets, args.out, failures)
+    summarise(rows, sets, args.out, failures, LAYOUT_DATASET.get(layout))
     run = {"samples": len(samples), "skipped_done": len(samples) - len(todo), "ran": ran, "failed": len(failures),
            "seconds": round(elapsed, 3), "failures": failures}
     with open(os.path.join(args.out, "run.json"), "w", encoding="utf-8") as handle:

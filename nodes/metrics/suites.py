@@ -2,6 +2,8 @@
 
 Inputs are 8-bit RGB arrays [H, W, 3] (ComfyUI images are quantised to 8 bits first, as the
 benchmarks read saved files), an optional edit mask [H, W] (1 = edited region) and captions.
+:data:`PROTOCOLS` names each set's backbones and preprocessing; references.py labels the papers'
+rows the same way.
 
 ``pie`` -- PIE-Bench (cure-lab/PnPInversion ``evaluation/``), source vs edited:
     structure_distance  DINO ViT-B/8 last-layer key self-similarity MSE, whole images (dino.py)
@@ -14,6 +16,11 @@ benchmarks read saved files), an optional edit mask [H, W] (1 = edited region) a
                         region in the mean), reported beside the comparable numbers
   No mask given: the background is the whole image and clip_edited is NaN. The benchmark's
   decoder forces the mask border to 1 (rle.py); the runner does that, the node uses the mask as is.
+  Sizes as ``evaluate.py``: an edited image of the source's size is used as is; a non-square one
+  that contains the source's size (a side-by-side result) is cropped to its bottom-right
+  source-sized panel (the script: ``crop((w - 512, h - 512, w, h))``, 512 being every PIE-Bench
+  source); any other size is refused (the script would fail its equal-shape assert, or PIL's crop
+  would pad a smaller image with black).
 ``magicbrush`` -- MagicBrush (``evaluation/image_eval.py``), edited vs the ground-truth target
   (``reference``; the source when none is given), the edited image resized to the reference's
   size (PIL bicubic, as ``gen_img.resize(gt_img.size)``):
@@ -27,13 +34,14 @@ benchmarks read saved files), an optional edit mask [H, W] (1 = edited region) a
     clip_out            cos(E_img(edited), E_txt(target caption))
     l1                  mean |source - edited| over [0, 1] pixels
     dino                cos of DINO ViT-S/16 CLS tokens (MagicBrush's backbone; our stated choice)
-  CLIP is ViT-L/14 (as InstructPix2Pix and Emu Edit report; reimplementations that use ViT-B/32
-  give other numbers).
-``pixel`` -- no networks: PSNR / SSIM / MSE of the background (PIE-Bench convention), the
-  background-only PSNR and L1 of the whole image. For quick checks without model files.
-
-An edited image of another size than the source is resized to the source's size (PIL bicubic)
-for ``pie``, ``emu`` and ``pixel`` (PIE-Bench requires equal sizes).
+  CLIP is ViT-L/14 with InstructPix2Pix's preprocessing (``metrics/clip_similarity.py``: the [0, 1]
+  image resized to 224 x 224 by bicubic ``F.interpolate``, no crop): that code computes these three
+  CLIP numbers, and the Emu Edit paper's values are read as coming from it (references.py says how
+  far that is checked). The edited image is resized to the source's size (PIL bicubic).
+``emu_crop`` -- the same metrics with OpenAI CLIP's preprocessing (short side 224, centre crop),
+  what most reimplementations use; not the protocol of the Emu Edit paper's rows.
+``pixel`` -- no networks: PSNR / SSIM / MSE of the background (PIE-Bench convention, sizes as
+  ``pie``), the background-only PSNR and L1 of the whole image. For quick checks without model files.
 """
 
 from __future__ import annotations
@@ -83,6 +91,13 @@ SUITES = {
         Metric("l1", "L1", 1.0, "", False),
         Metric("dino", "DINO", 1.0, "", True, "dino_s16"),
     )),
+    "emu_crop": ("Emu Edit, centre-crop CLIP", (
+        Metric("clip_dir", "CLIP direction", 1.0, "", True, "clip_l14"),
+        Metric("clip_img", "CLIP image", 1.0, "", True, "clip_l14"),
+        Metric("clip_out", "CLIP output", 1.0, "", True, "clip_l14"),
+        Metric("l1", "L1", 1.0, "", False),
+        Metric("dino", "DINO", 1.0, "", True, "dino_s16"),
+    )),
     "pixel": ("Pixel (no networks)", (
         Metric("psnr_bg", "PSNR background", 1.0, "dB", True),
         Metric("ssim_bg", "SSIM background", 1e2, "x10^2", True),
@@ -91,6 +106,21 @@ SUITES = {
         Metric("l1", "L1", 1.0, "", False),
     )),
 }
+
+
+PROTOCOLS = {
+    "pie": ("PIE-Bench evaluate.py: DINO ViT-B/8 structure distance; LPIPS SqueezeNet; CLIP ViT-L/14 as "
+            "torchmetrics' CLIPScore (short side 224, centre crop); SSIM without the 5-pixel border; "
+            "a non-square result cropped to its bottom-right source-sized panel"),
+    "magicbrush": ("MagicBrush image_eval.py: CLIP ViT-B/32 (short side 224 bicubic, centre crop); DINO "
+                   "ViT-S/16 (resize 256 bicubic, centre crop 224); the result resized to the reference"),
+    "emu": ("Emu Edit definitions: CLIP ViT-L/14 with InstructPix2Pix's preprocessing (resize to 224x224, "
+            "no crop); DINO ViT-S/16 (MagicBrush's, our choice); the result resized to the source"),
+    "emu_crop": ("Emu Edit definitions with OpenAI CLIP preprocessing: CLIP ViT-L/14 (short side 224, "
+                 "centre crop); DINO ViT-S/16 (our choice); the result resized to the source"),
+    "pixel": "PIE-Bench's background PSNR / SSIM / MSE and L1; sizes as PIE-Bench's evaluate.py",
+}
+CLIP_PREPROCESS = {"emu": "ip2p", "emu_crop": "center_crop"}
 
 
 def suite_metrics(suite: str):
@@ -122,6 +152,23 @@ def resize_to(image_u8: np.ndarray, height: int, width: int) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.fromarray(image_u8).resize((width, height), Image.BICUBIC))
+
+
+def pie_align(edited_u8: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The edited image as PIE-Bench's evaluate.py compares it with a (height, width) source: as is
+    when the sizes match; a non-square image at least that large cropped to its bottom-right
+    (height, width) panel (``tgt.crop((w - 512, h - 512, w, h))``); anything else refused."""
+    h, w = edited_u8.shape[:2]
+    if (h, w) == (height, width):
+        return edited_u8
+    if h != w and h >= height and w >= width:
+        return edited_u8[h - height:, w - width:]
+    raise InputError(
+        "edited", f"is {w}x{h} but the source is {width}x{height}. PIE-Bench's evaluate.py compares equal "
+        f"sizes; it only crops a non-square result (e.g. panels side by side) to its bottom-right "
+        f"{width}x{height} panel, and this one is {'square' if h == w else 'smaller than the source'}.",
+        "Give the edit at the source's size (or a side-by-side strip whose last panel is the edit); "
+        "the Emu Edit set resizes instead.")
 
 
 def mask_array(mask, height: int, width: int):
@@ -188,7 +235,7 @@ def compute(suite: str, source, edited, models=None, *, mask=None, reference=Non
         out["dino"] = dino.dino_similarity(models.get("dino_s16"), gen, ref)
         return out
 
-    edt = resize_to(edt, height, width)
+    edt = pie_align(edt, height, width) if suite in ("pie", "pixel") else resize_to(edt, height, width)
     m = mask_array(mask, height, width)
     edit_region = m if m is not None else np.zeros((height, width), np.float32)
     keep = 1.0 - edit_region
@@ -211,11 +258,11 @@ def compute(suite: str, source, edited, models=None, *, mask=None, reference=Non
         else:
             region = np.uint8(edt * edit_region[..., None])  # PIE-Bench: np.uint8(img * mask)
             out["clip_edited"] = clip_sim.clip_score(clip, region, target_caption)
-    elif suite == "emu":
+    elif suite in ("emu", "emu_crop"):
         from . import clip_sim, dino
 
         clip = models.get("clip_l14")
-        img = clip.image_features([src, edt])
+        img = clip.image_features([src, edt], preprocess=CLIP_PREPROCESS[suite])
         txt = clip.text_features([source_caption, target_caption])
         out["clip_dir"] = clip_sim.cosine(img[1] - img[0], txt[1] - txt[0])
         out["clip_img"] = clip_sim.cosine(img[0], img[1])
