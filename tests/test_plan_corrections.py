@@ -214,3 +214,16 @@ def test_masks_message_reports_area_box_and_an_empty_neg():
     assert first["area"] == 32 * 32 and first["bbox"] == [8, 8, 40, 40] and first["centroid"] == [24.0, 24.0]
     assert third["executable"] is False and third["area"] == 0 and third["bbox"] is None
     assert entry["source"] == "boxes"
+
+
+def test_previews_for_the_canvas_are_shrunk_to_1024_px_only_when_larger():
+    from contextedit.nodes.masks.canvas import preview_pixels
+
+    small = torch.rand(1, 64, 96, 3)
+    assert preview_pixels(small) is small
+    big = torch.full((2, 1500, 3000, 3), 0.25)
+    big[:, :, 1500:] = 0.75                      # left half dark, right half light
+    shrunk = preview_pixels(big)
+    assert shrunk.shape == (2, 512, 1024, 3)
+    # area averages of a constant are that constant (float32 rounding of a few-term mean: 1e-6 bounds it)
+    assert (shrunk[:, :, :500] - 0.25).abs().max() < 1e-6 and (shrunk[:, :, 524:] - 0.75).abs().max() < 1e-6

@@ -17,6 +17,21 @@ from .box_masks import palette_color
 MASKS_KEY = "contextedit_masks"
 
 
+PREVIEW_MAX_SIDE = 1024  # the canvas shows the picture in a node: no need to send more pixels
+
+
+def preview_pixels(images: torch.Tensor, max_side: int = PREVIEW_MAX_SIDE) -> torch.Tensor:
+    """IMAGE [B, H, W, C] for the canvas: as given when its longer side is at most ``max_side``,
+    else shrunk (area average) to fit. Coordinates sent beside it stay in full-size pixels."""
+    height, width = int(images.shape[1]), int(images.shape[2])
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return images
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    shrunk = torch.nn.functional.interpolate(images.movedim(-1, 1).float(), size=size, mode="area")
+    return shrunk.movedim(1, -1).clamp(0, 1)
+
+
 def colour_hex(index: int) -> str:
     """Instruction ``index``'s colour (box_masks.palette_color) as ``#rrggbb``."""
     return "#" + "".join(f"{round(c * 255):02x}" for c in palette_color(index))

@@ -6,7 +6,7 @@ from ..errors import InputError
 from ..managed import ManagedModel, devices
 from ..executability.plan import as_plan_list
 from ..model_folders import check_model, combo_options, list_models, resolve_model
-from .canvas import masks_message
+from .canvas import masks_message, preview_pixels
 from .decode import decode_batch
 from .sam import load_sam
 
@@ -77,7 +77,7 @@ class DecodeMasks(io.ComfyNode):
             decoder = sam.load()
         masks, union, preview = decode_batch(image, plans, sam=decoder, dilate_px=dilate, feather_px=feather)
         # the canvas shows the masks over the image (web/js/mask_view.js), coloured as in the plan editor
-        refs = ui.ImageSaveHelper.save_images(preview, filename_prefix="contextedit_masks",
+        refs = ui.ImageSaveHelper.save_images(preview_pixels(preview), filename_prefix="contextedit_masks",
                                               folder_type=io.FolderType.temp, cls=None, compress_level=1)
         message = masks_message(plans, masks, refs, image, sam_used=decoder is not None, dilate=dilate, feather=feather)
         return io.NodeOutput(masks, union, preview, ui=message)

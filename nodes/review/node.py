@@ -10,6 +10,7 @@ from comfy_api.latest import io, ui
 
 from ..executability.node import plan_strings
 from ..executability.plan import as_plan_list
+from ..masks.canvas import preview_pixels
 from .canvas import review_message
 from .corrections import review_plans, validate_corrections
 
@@ -56,7 +57,7 @@ class ReviewPlan(io.ComfyNode):
     def execute(cls, image, plan, corrections="") -> io.NodeOutput:
         plans = as_plan_list(plan, "plan")
         review = review_plans(plans, image, corrections)
-        refs = ui.ImageSaveHelper.save_images(image, filename_prefix="contextedit_review",
+        refs = ui.ImageSaveHelper.save_images(preview_pixels(image), filename_prefix="contextedit_review",
                                               folder_type=io.FolderType.temp, cls=None, compress_level=1)
         report, executable, _, _ = plan_strings(review.plans)
         report = f"{report}\n\n{review.summary()}"

@@ -333,6 +333,10 @@ def test_editor_shows_the_plan_and_its_edits_reach_the_masks_the_latent_a_reload
     (node,) = [n for n in workflow["workflow"]["nodes"] if str(n["id"]) == refs["review"]]
     assert node["widgets_values"] == [corrections]
     assert workflow["output"][refs["review"]]["inputs"]["corrections"] == corrections
+    from comfy_cli.workflow_to_api import convert_ui_to_api   # `comfy run --workflow` reads the saved file alike
+
+    converted = convert_ui_to_api(workflow["workflow"], comfy_server.initial_object_info)
+    assert converted[refs["review"]]["inputs"]["corrections"] == corrections
     _, again = queue_and_wait(browser, comfy_server, review)
     assert refs["review"] in cached_nodes(again)
     keys = ("instruction", "resolved", "executable", "boxes")

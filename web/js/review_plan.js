@@ -336,7 +336,8 @@ class PlanEditor {
     if (item.executable !== model.executable) correction.executable = item.executable;
     const resolved = (item.resolved || "").trim() ? item.resolved : model.instruction;
     if (resolved !== (model.resolved || model.instruction)) correction.resolved = resolved;
-    const boxes = item.boxes.map((b) => roundBox(b, pw, ph));
+    // boxes the artist touched snap to whole pixels; untouched ones stay exactly as the model gave them
+    const boxes = item.boxes.map((b, i) => (model.boxes?.[i] && sameBoxes([b], [model.boxes[i]]) ? b : roundBox(b, pw, ph)));
     if (!sameBoxes(boxes, model.boxes)) correction.boxes = boxes;
     target.items = (target.items || []).filter((c) => c.number !== number);
     if (Object.keys(correction).length > 2) target.items.push(correction);
