@@ -300,7 +300,9 @@ def test_editor_shows_the_plan_and_its_edits_reach_the_masks_the_latent_a_reload
     print(f"drag: expected {expected.round(3).tolist()} px, mask centroid moved {offset.round(3).tolist()} px")
     assert np.abs(offset - expected).max() <= CENTROID_PX
     assert np.abs(np.array(bbox(masks_moved[1])) - [80, 16, 120, 56]).max() <= CENTROID_PX  # the resize
-    hover(browser, image_to_client(browser, review, 40, 20))  # the reason on hover, for the picture
+    hover(browser, image_to_client(browser, review, 40, 20))  # the reason on hover (drawn, and the title)
+    title = browser.js("return window.app.graph.getNodeById(arguments[0]).contexteditEditor.canvas.title", int(review))
+    assert "1. [MASK] recolour the red square" in title and "reason: given by the user" in title, title
     shot = node_screenshot(browser, tmp_path / "plan_editor.png", [review, decode])
     print(f"editor screenshot: {shot}")
 
