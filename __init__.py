@@ -12,13 +12,15 @@ __version__ = "0.1.0"
 # Served by ComfyUI at /extensions/<this folder's name>/: docs/<NodeId>.md are the node help pages
 # the frontend's node library shows (it requests /extensions/<folder>/docs/<NodeId>.md). Registered
 # here rather than with pyproject's [tool.comfy] web, which would key it by the project name and,
-# in a folder named otherwise, serve (and load any JavaScript of) the folder twice.
+# in a folder named otherwise, serve (and load any JavaScript of) the folder twice. js/ holds the
+# frontend extension (the plan editor and the masks view: plain JavaScript, no build step).
 WEB_DIRECTORY = "./web"
 
 # (module path relative to this package, class names) of every node the pack registers.
 # Adding a node means adding it here; tests check this list against the files on disk.
 NODE_MODULES = (
     (".nodes.executability.node", ("LoadVLM", "CheckInstructions", "ManualPlan")),
+    (".nodes.review.node", ("ReviewPlan",)),
     (".nodes.masks.node", ("LoadSAM", "DecodeMasks")),
     (".nodes.attention.node", ("AttentionMask", "AttentionMap")),
     (".nodes.mag_edit.node", ("MagEdit",)),

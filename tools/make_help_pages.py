@@ -41,6 +41,15 @@ USAGE = {
         "`boxes`, one entry per instruction in pixels, e.g. `[[0, 0, 512, 190], null]` (`null` = the whole "
         "image). `non_executable` = `2` marks instruction 2 `[NEG]`. Masks or another pack's `BBOX` can "
         "replace the boxes."),
+    "ContextEditReviewPlan": (
+        "Put it between the plan (Check Instructions or Manual Plan) and what uses it (Decode Masks, Attention "
+        "Mask), with the plan's image. After a run the node shows the image with every instruction's boxes: "
+        "drag a box to move it, drag a corner of the selected box to resize it, pick an instruction's row and "
+        "press **+ Box** to draw one, Delete removes the selected box; the row's `[MASK]`/`[NEG]` button flips "
+        "the verdict and its text field edits the resolved instruction. The edits go into `corrections` (saved "
+        "with the workflow) and apply on the next run, which re-runs only this node and what follows. A "
+        "correction whose image or instruction changed is dropped and listed, never applied elsewhere. Scripts "
+        "send the same JSON (see the README: Review and correct the plan on the canvas)."),
     "ContextEditLoadSAM": (
         "Put a segment-anything checkpoint in `models/sams` (e.g. `sam_vit_b_01ec64.pth`) and connect `sam` to "
         "**ContextEdit Decode Masks**, which then refines each box into an object mask."),
@@ -48,7 +57,9 @@ USAGE = {
         "Connect the image and the plan (Check Instructions or Manual Plan), and optionally **ContextEdit Load "
         "SAM**. `masks` holds one mask per instruction, in order, for **ContextEdit Attention Mask**; `union` is "
         "every mask together (e.g. for Set Latent Noise Mask); `preview` shows each instruction's mask in its "
-        "colour. Without SAM the boxes themselves are the masks."),
+        "colour. Without SAM the boxes themselves are the masks. After a run the node shows the masks over the "
+        "image, one colour per instruction; a `[NEG]` instruction's mask is empty. Put **ContextEdit Review "
+        "Plan** before it to correct the plan on the canvas."),
     "ContextEditAttentionMask": (
         "Connect the model and CLIP from the loader, the masks from **ContextEdit Decode Masks** and the plan "
         "(or write the instructions in `prompt`). Sample with the patched `model` and use `positive` as the "

@@ -1,11 +1,12 @@
 """ContextEdit Load SAM / Decode Masks nodes (ComfyUI V3 schema)."""
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..errors import InputError
 from ..managed import ManagedModel, devices
 from ..executability.plan import as_plan_list
 from ..model_folders import check_model, combo_options, list_models, resolve_model
+from .canvas import masks_message, preview_pixels
 from .decode import decode_batch
 from .sam import load_sam
 
@@ -49,7 +50,8 @@ class DecodeMasks(io.ComfyNode):
             display_name="ContextEdit Decode Masks",
             category=CATEGORY,
             description="Turns an EDIT_PLAN's boxes into masks, one per instruction in instruction order: SAM masks "
-                        "when a SAM model is connected, box masks otherwise. [NEG] instructions give all-black masks.",
+                        "when a SAM model is connected, box masks otherwise. [NEG] instructions give all-black masks. "
+                        "After a run the node shows the masks over the image, one colour per instruction, [NEG] empty.",
             inputs=[
                 io.Image.Input("image", tooltip="The image(s) the plan was made for."),
                 EditPlan.Input("plan", tooltip="From Check Instructions or Manual Plan."),
@@ -74,7 +76,11 @@ class DecodeMasks(io.ComfyNode):
                 raise InputError("sam", f"is a {type(sam).__name__}, not a loaded SAM.", "Connect ContextEdit Load SAM.")
             decoder = sam.load()
         masks, union, preview = decode_batch(image, plans, sam=decoder, dilate_px=dilate, feather_px=feather)
-        return io.NodeOutput(masks, union, preview)
+        # the canvas shows the masks over the image (web/js/mask_view.js), coloured as in the plan editor
+        refs = ui.ImageSaveHelper.save_images(preview_pixels(preview), filename_prefix="contextedit_masks",
+                                              folder_type=io.FolderType.temp, cls=None, compress_level=1)
+        message = masks_message(plans, masks, refs, image, sam_used=decoder is not None, dilate=dilate, feather=feather)
+        return io.NodeOutput(masks, union, preview, ui=message)
 
 
 NODES = [LoadSAM, DecodeMasks]

@@ -4,8 +4,12 @@ CPU only: ``args.cpu`` must be set before ``comfy.model_management`` is imported
 CUDA. The pack's node modules import ``comfy_api``, so they are importable only after this.
 """
 
+import atexit
 import importlib
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 _loaded = {}
 
@@ -23,6 +27,14 @@ def import_comfy(comfyui_root):
     import comfy.sd
     import comfy.samplers  # noqa: F401
     import comfy.sample  # noqa: F401
+    import folder_paths
+
+    # Nodes that save previews (Review Plan, Decode Masks) write to ComfyUI's temp folder, which
+    # defaults to <ComfyUI>/temp: keep every write out of the (read-only) ComfyUI tree.
+    scratch = Path(tempfile.mkdtemp(prefix="contextedit-inprocess-"))
+    atexit.register(shutil.rmtree, scratch, True)
+    folder_paths.set_temp_directory(str(scratch / "temp"))
+    folder_paths.set_output_directory(str(scratch / "output"))
 
     _loaded["root"] = root
     _loaded["comfy"] = comfy
