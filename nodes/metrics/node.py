@@ -12,7 +12,7 @@ from comfy_api.latest import io, ui
 
 from ..errors import InputError
 from ..managed import ManagedModel, devices
-from .models import MetricModels
+from .models import MetricModels, forget
 from .report import json_number, plot_metrics, to_json, to_table
 from .suites import SUITES, compute_batch
 
@@ -84,8 +84,8 @@ class EditMetrics(io.ComfyNode):
             m = mask.detach().float().cpu()
             masks = list((m.unsqueeze(0) if m.dim() == 2 else m).numpy())
         offload = devices()[1]
-        models = MetricModels(folder_paths, device=offload,
-                              manager=lambda engine, module, network: ManagedModel(engine, module, f"metrics:{network}"))
+        models = MetricModels(folder_paths, device=offload, manager=lambda engine, module, network: ManagedModel(
+            engine, module, f"metrics:{network}", on_unload=lambda: forget(engine)))
         means, per_image = {}, {}
         for suite in SET_OPTIONS[metric_set]:
             means[suite], per_image[suite] = compute_batch(
