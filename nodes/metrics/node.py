@@ -71,6 +71,8 @@ class EditMetrics(io.ComfyNode):
     @classmethod
     def execute(cls, source, edited, metric_set, source_caption, target_caption, mask=None,
                 reference=None) -> io.NodeOutput:
+        import comfy.model_management as mm
+        import comfy.utils
         import folder_paths
 
         if metric_set not in SET_OPTIONS:
@@ -86,11 +88,19 @@ class EditMetrics(io.ComfyNode):
         offload = devices()[1]
         models = MetricModels(folder_paths, device=offload, manager=lambda engine, module, network: ManagedModel(
             engine, module, f"metrics:{network}", on_unload=lambda: forget(engine)))
+        suites = SET_OPTIONS[metric_set]
+        pbar = comfy.utils.ProgressBar(len(suites))
+
+        def on_pair(done, n, k):  # between pairs: progress over every suite's pairs, then Cancel
+            pbar.update_absolute(k * n + done, n * len(suites))
+            mm.throw_exception_if_processing_interrupted()
+
         means, per_image = {}, {}
-        for suite in SET_OPTIONS[metric_set]:
+        for k, suite in enumerate(suites):
             means[suite], per_image[suite] = compute_batch(
                 suite, sources, editeds, models, masks=masks, references=refs,
-                source_caption=source_caption, target_caption=target_caption)
+                source_caption=source_caption, target_caption=target_caption,
+                on_pair=lambda done, n, k=k: on_pair(done, n, k))
         table = to_table(means)
         payload = json.loads(to_json(means))
         payload["per_image"] = {suite: [{k: json_number(v) for k, v in row.items()} for row in rows]
