@@ -69,18 +69,32 @@ def overall(sc: list, pq: list) -> float:
     return math.sqrt(min(sc) * min(pq))
 
 
-def rewrite_pair(vlm, source, target, pair: dict, detail: str = "") -> dict:
+def _shifted(on_token, offset: int, total: int):
+    """``on_token`` for one generate call of several sharing one progress total (VLM.generate's hook)."""
+    if on_token is None:
+        return None
+    return lambda n, _max: on_token(offset + n, total)
+
+
+def rewrite_pair(vlm, source, target, pair: dict, detail: str = "", should_stop=None, on_token=None) -> dict:
+    """``should_stop`` / ``on_token``: VLM.generate's hooks (ComfyUI's interrupt check, progress)."""
     prompt = REWRITE_PROMPT.format(instruction=pair["instruction"][0], task_type=pair["task_type"],
                                    detail=detail or pair["task_type"])
-    reply = vlm.generate([source, target], prompt, max_new_tokens=REWRITE_MAX_NEW_TOKENS).text
+    reply = vlm.generate([source, target], prompt, max_new_tokens=REWRITE_MAX_NEW_TOKENS,
+                         should_stop=should_stop, on_token=on_token).text
     return dict(parse_rewrite_reply(reply), rewrite_reply=reply)
 
 
-def score_pair(vlm, source, target, instruction: str, threshold: float = THRESHOLD) -> dict:
+def score_pair(vlm, source, target, instruction: str, threshold: float = THRESHOLD, should_stop=None,
+               on_token=None) -> dict:
+    """Two VLM calls; ``on_token(done, total)`` counts over both (total = 2 * SCORE_MAX_NEW_TOKENS)."""
+    total = 2 * SCORE_MAX_NEW_TOKENS
     sc_reply = vlm.generate([source, target], SC_PROMPT.replace("{instruction}", instruction),
-                            max_new_tokens=SCORE_MAX_NEW_TOKENS).text
+                            max_new_tokens=SCORE_MAX_NEW_TOKENS, should_stop=should_stop,
+                            on_token=_shifted(on_token, 0, total)).text
     sc, sc_reason = parse_score_reply(sc_reply)
-    pq_reply = vlm.generate(target, PQ_PROMPT, max_new_tokens=SCORE_MAX_NEW_TOKENS).text
+    pq_reply = vlm.generate(target, PQ_PROMPT, max_new_tokens=SCORE_MAX_NEW_TOKENS, should_stop=should_stop,
+                            on_token=_shifted(on_token, SCORE_MAX_NEW_TOKENS, total)).text
     pq, pq_reason = parse_score_reply(pq_reply)
     score = overall(sc, pq)
     return {"scores": {"SC": sc, "PQ": pq, "overall": score,
@@ -89,30 +103,39 @@ def score_pair(vlm, source, target, instruction: str, threshold: float = THRESHO
 
 
 def describe_pair(vlm, source, target, instruction: str, task_type: str = "replace", score: bool = True,
-                  threshold: float = THRESHOLD) -> dict:
+                  threshold: float = THRESHOLD, should_stop=None, on_token=None) -> dict:
     """Rewrite (and optionally score) one pair without ever failing on a reply: what the ComfyUI
     node shows. The judge checks the given (template) instruction, as the pipeline's default and
     InsightEdit's scorer do. An unreadable rewrite keeps ``instruction`` as the simple instruction
     and leaves the rest empty; an unreadable or skipped score gives ``overall = -1``. ``notes``
-    says which."""
+    says which. ``should_stop`` runs after every generated token (it may raise: ComfyUI's
+    interrupt); ``on_token(done, total)`` reports progress over all the calls' token budgets."""
     if not isinstance(instruction, str) or not instruction.strip():
         from ..errors import InputError
 
         raise InputError("instruction", "is empty.", "Type the edit that turns the source into the edited image.")
     pair = {"instruction": [instruction.strip()], "task_type": task_type}
     notes = []
+    total = REWRITE_MAX_NEW_TOKENS + (2 * SCORE_MAX_NEW_TOKENS if score else 0)
     try:
-        fields = rewrite_pair(vlm, source, target, pair)
+        fields = rewrite_pair(vlm, source, target, pair, should_stop=should_stop,
+                              on_token=_shifted(on_token, 0, total))
     except UnreadableReply as error:
         fields = {"simple_instruction": instruction.strip(), "reasoning_instruction": "", "source_caption": "",
                   "target_caption": "", "rewrite_reply": error.reply}
         notes.append(f"could not read the rewrite reply ({error}); kept the given instruction")
     result = dict(fields, scores=None, keep=None, notes=notes)
+    if on_token is not None:
+        on_token(REWRITE_MAX_NEW_TOKENS, total)  # the rewrite's share is done, even if it stopped early
     if score:
         try:
-            result.update(score_pair(vlm, source, target, instruction.strip(), threshold))
+            result.update(score_pair(vlm, source, target, instruction.strip(), threshold,
+                                     should_stop=should_stop, on_token=_shifted(on_token, REWRITE_MAX_NEW_TOKENS,
+                                                                                total)))
         except UnreadableReply as error:
             notes.append(f"could not read a score reply ({error})")
+    if on_token is not None:
+        on_token(total, total)
     return result
 
 

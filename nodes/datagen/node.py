@@ -51,12 +51,18 @@ class RewriteEditInstruction(io.ComfyNode):
 
     @classmethod
     def execute(cls, vlm, source, edited, instruction, task_type, score, threshold) -> io.NodeOutput:
+        import comfy.model_management as mm
+        import comfy.utils
+
         if not isinstance(vlm, ManagedModel) or vlm.kind != "vlm":
             raise InputError("vlm", f"is a {type(vlm).__name__}, not a loaded VLM.", "Connect ContextEdit Load VLM.")
         from ..executability.vlm_runtime import to_pil
 
         engine = vlm.load()
-        result = describe_pair(engine, to_pil(source[0]), to_pil(edited[0]), instruction, task_type, score, threshold)
+        pbar = comfy.utils.ProgressBar(1)  # as Check Instructions: progress per token, Cancel within one token
+        result = describe_pair(engine, to_pil(source[0]), to_pil(edited[0]), instruction, task_type, score, threshold,
+                               should_stop=mm.throw_exception_if_processing_interrupted,
+                               on_token=lambda done, total: pbar.update_absolute(done, total))
         overall = float(result["scores"]["overall"]) if result.get("scores") else -1.0
         return io.NodeOutput(result["simple_instruction"], result["reasoning_instruction"], result["source_caption"],
                              result["target_caption"], overall, pair_report(result))

@@ -8,12 +8,12 @@ import torch
 from comfy_api.latest import io
 
 from ..errors import InputError
-from ..managed import ManagedModel, devices
+from ..managed import ManagedModel, compute_dtype, devices
 from ..model_folders import check_model, combo_options, list_models, resolve_model
 from .checker import check_batch
 from .manual import manual_plans
 from .plan import as_plan_list
-from .vlm_runtime import default_dtype, load_vlm
+from .vlm_runtime import load_vlm
 
 EditPlan = io.Custom("EDIT_PLAN")
 VLMType = io.Custom("CONTEXTEDIT_VLM")
@@ -48,7 +48,9 @@ class LoadVLM(io.ComfyNode):
                 io.Combo.Input("model_name", options=models, default=models[0],
                                tooltip="A Hugging Face folder in models/LLM (config.json, processor and tokenizer files, *.safetensors)."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
-                               tooltip="auto: bf16 (or fp16) on a GPU, fp32 on the CPU."),
+                               tooltip="auto: ComfyUI's choice for this device: --bf16-text-enc / --fp16-text-enc / "
+                                       "--fp32-text-enc when given, else bf16 (or fp16) on a GPU that computes in "
+                                       "it, fp32 on the CPU or with --force-fp32. The others override it."),
             ],
             outputs=[VLMType.Output(display_name="vlm", tooltip="The loaded VLM, for ContextEdit Check Instructions.")],
         )
@@ -65,8 +67,9 @@ class LoadVLM(io.ComfyNode):
             raise InputError("dtype", f"'{dtype}' is not one of {list(DTYPES)}.", "Pick one from the list.")
         path = resolve_model("LLM", model_name)
         load_device, offload_device = devices()
-        vlm = load_vlm(path, device=offload_device, dtype=DTYPES[dtype] or default_dtype(load_device))
-        return io.NodeOutput(ManagedModel(vlm, vlm.model, "vlm"))
+        chosen = DTYPES[dtype] or compute_dtype("vlm", load_device)
+        vlm = load_vlm(path, device=offload_device, dtype=chosen)
+        return io.NodeOutput(ManagedModel(vlm, vlm.model, "vlm", dtype=chosen))
 
 
 class CheckInstructions(io.ComfyNode):

@@ -12,11 +12,11 @@ Devices
 -------
 :class:`VLM` never pins a device. ``generate`` sends its inputs to wherever ``vlm.model``'s
 weights are *at call time*, so whoever moves the module -- ``vlm.to(device)`` here, or
-ComfyUI's ``ModelPatcher(vlm.model, load_device, offload_device)`` + ``load_models_gpu`` in the
-node -- decides where it runs. The dtype is fixed at load time (moving never casts): pick it for
-the device the model will *compute* on (:func:`default_dtype`), even when loading onto the
-offload device first. A ModelPatcher must load the module fully (transformers modules have no
-ComfyUI low-VRAM casting).
+ComfyUI's memory manager through ``ManagedModel.load`` (nodes/managed.py) in the node -- decides
+where it runs. The dtype is fixed at load time (moving never casts): pick it for the device the
+model will *compute* on (:func:`default_dtype` here; the node uses ComfyUI's rules,
+``managed.compute_dtype``), even when loading onto the offload device first. The module must be
+loaded whole (transformers modules have no ComfyUI low-VRAM casting); ManagedModel does that.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ Nothing is downloaded: CLIP loads with ``local_files_only=True``, DINO is a timm
 without pretrained weights and filled from the file, LPIPS is built with a random backbone and
 filled from the files (see lpips_net.py). A missing network raises ModelNotFoundError naming the
 file names, the folders searched and where to download it (nodes/model_catalog.py). Loaded
-networks are cached per (file, device).
+networks are cached per (file, device); under ComfyUI a network leaves the cache when ComfyUI
+unloads it (Unload models: the node passes :func:`forget` as the ManagedModel's ``on_unload``).
 """
 
 from __future__ import annotations
@@ -102,12 +103,15 @@ class MetricModels:
     ``manager(engine, module, network)``, when given, wraps a freshly loaded network (loaded on
     ``device``, the offload device then) in an object whose ``load()`` puts it on the compute device
     and returns the engine: the node passes ComfyUI's memory manager (nodes/managed.py), so the
-    networks are offloaded like every other model instead of staying on the GPU."""
+    networks are offloaded like every other model instead of staying on the GPU. An instance (one
+    node run) keeps what it handed out, so a network ComfyUI unloads mid-run (and the cache forgets)
+    is not read from disk again within the run."""
 
     def __init__(self, fp=None, device="cpu", manager=None):
         self.fp = fp
         self.device = device
         self.manager = manager
+        self._held = {}  # network -> engine or wrapper: this instance keeps what it used, even if forgotten
 
     @classmethod
     def from_dirs(cls, dirs, device="cpu") -> MetricModels:
@@ -120,14 +124,17 @@ class MetricModels:
         return _CACHE[key]
 
     def get(self, network: str):
-        engine = self._load(network)
-        if self.manager is None:
-            return engine
-        key = ("managed", id(engine))
-        if key not in _CACHE:
-            module = getattr(engine, "model", engine) if network.startswith("clip") else engine
-            _CACHE[key] = self.manager(engine, module, network)
-        return _CACHE[key].load()
+        held = self._held.get(network)
+        if held is None:
+            held = engine = self._load(network)
+            if self.manager is not None:
+                key = ("managed", id(engine))
+                held = _CACHE.get(key)
+                if held is None:
+                    module = getattr(engine, "model", engine) if network.startswith("clip") else engine
+                    held = _CACHE[key] = self.manager(engine, module, network)
+            self._held[network] = held
+        return held if self.manager is None else held.load()
 
     def _load(self, network: str):
         path = locate(network, self.fp)
@@ -146,6 +153,12 @@ class MetricModels:
             return self._cached(network, f"{path}|{lin}",
                                 lambda _p: build_lpips_squeeze(path, lin).to(self.device))
         raise KeyError(network)
+
+
+def forget(engine) -> None:
+    """Drop ``engine`` and its memory-manager wrapper from the cache (ComfyUI unloaded it)."""
+    for key in [k for k, v in _CACHE.items() if v is engine or k == ("managed", id(engine))]:
+        del _CACHE[key]
 
 
 def clear_cache() -> None:

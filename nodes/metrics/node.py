@@ -12,7 +12,7 @@ from comfy_api.latest import io, ui
 
 from ..errors import InputError, ModelNotFoundError
 from ..managed import ManagedModel, devices
-from .models import MetricModels, locate
+from .models import MetricModels, forget, locate
 from .report import json_number, plot_metrics, to_json, to_table
 from .suites import SUITES, compute_batch, networks_needed
 
@@ -95,6 +95,8 @@ class EditMetrics(io.ComfyNode):
     @classmethod
     def execute(cls, source, edited, metric_set, source_caption, target_caption, mask=None,
                 reference=None) -> io.NodeOutput:
+        import comfy.model_management as mm
+        import comfy.utils
         import folder_paths
 
         if metric_set not in SET_OPTIONS:
@@ -108,13 +110,21 @@ class EditMetrics(io.ComfyNode):
             m = mask.detach().float().cpu()
             masks = list((m.unsqueeze(0) if m.dim() == 2 else m).numpy())
         offload = devices()[1]
-        models = MetricModels(folder_paths, device=offload,
-                              manager=lambda engine, module, network: ManagedModel(engine, module, f"metrics:{network}"))
+        models = MetricModels(folder_paths, device=offload, manager=lambda engine, module, network: ManagedModel(
+            engine, module, f"metrics:{network}", on_unload=lambda: forget(engine)))
+        suites = SET_OPTIONS[metric_set]
+        pbar = comfy.utils.ProgressBar(len(suites))
+
+        def on_pair(done, n, k):  # between pairs: progress over every suite's pairs, then Cancel
+            pbar.update_absolute(k * n + done, n * len(suites))
+            mm.throw_exception_if_processing_interrupted()
+
         means, per_image = {}, {}
-        for suite in SET_OPTIONS[metric_set]:
+        for k, suite in enumerate(suites):
             means[suite], per_image[suite] = compute_batch(
                 suite, sources, editeds, models, masks=masks, references=refs,
-                source_caption=source_caption, target_caption=target_caption)
+                source_caption=source_caption, target_caption=target_caption,
+                on_pair=lambda done, n, k=k: on_pair(done, n, k))
         table = to_table(means)
         payload = json.loads(to_json(means))
         payload["per_image"] = {suite: [{k: json_number(v) for k, v in row.items()} for row in rows]

@@ -282,8 +282,11 @@ def mean_results(per_image: list) -> dict:
 
 
 def compute_batch(suite: str, sources, editeds, models=None, *, masks=None, references=None,
-                  source_caption: str = "", target_caption: str = ""):
-    """Pairs i of a batch (a batch of 1 broadcasts); returns (mean, per-image list)."""
+                  source_caption: str = "", target_caption: str = "", on_pair=None):
+    """Pairs i of a batch (a batch of 1 broadcasts); returns (mean, per-image list).
+
+    ``on_pair(done, n)`` runs before each pair and after the last one: progress, and the place to
+    stop between pairs by raising (ComfyUI's interrupt check)."""
     n = max(len(sources), len(editeds))
     for name, batch in (("source", sources), ("edited", editeds), ("mask", masks), ("reference", references)):
         if batch is not None and len(batch) not in (1, n):
@@ -293,7 +296,13 @@ def compute_batch(suite: str, sources, editeds, models=None, *, masks=None, refe
     def pick(batch, i):
         return None if batch is None else batch[i if len(batch) > 1 else 0]
 
-    per_image = [compute(suite, pick(sources, i), pick(editeds, i), models, mask=pick(masks, i),
-                         reference=pick(references, i), source_caption=source_caption,
-                         target_caption=target_caption) for i in range(n)]
+    per_image = []
+    for i in range(n):
+        if on_pair is not None:
+            on_pair(i, n)
+        per_image.append(compute(suite, pick(sources, i), pick(editeds, i), models, mask=pick(masks, i),
+                                 reference=pick(references, i), source_caption=source_caption,
+                                 target_caption=target_caption))
+    if on_pair is not None:
+        on_pair(n, n)
     return mean_results(per_image), per_image
