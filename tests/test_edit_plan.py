@@ -2,6 +2,7 @@
 splitting and the prompt."""
 
 import copy
+import itertools
 import json
 
 import pytest
@@ -230,7 +231,30 @@ def test_report_text():
 
 def test_report_truncates_a_long_reply():
     plan = EditPlan(raw_reply="x" * 5000)
-    assert "(5000 characters)" in plan.report(max_reply_chars=100)
+    lines = plan.report(max_reply_chars=100).splitlines()
+    assert lines[-2:] == ["   " + "x" * 100, "   ... cut: 4900 of 5000 characters (1 of 1 lines) not shown"]
+
+
+def test_report_caps_a_degenerate_reply_by_lines_and_says_what_was_cut():
+    # a degenerate VLM reply: a few words, then hundreds of blank lines, then more text
+    reply = "I think\n" + "\n" * 600 + "the sky\n" + "\n".join(f"line {i}" for i in range(100))
+    plan = EditPlan(raw_reply=reply)
+    lines = plan.report().splitlines()
+    shown = lines[lines.index("Model reply:") + 1:]
+    assert len(shown) <= 41, len(shown)  # at most 40 reply lines + the note of what was cut
+    blank_runs = [len(list(group)) for blank, group in itertools.groupby(shown, key=lambda s: not s.strip()) if blank]
+    assert max(blank_runs, default=0) <= 1  # runs of blank lines fold into one line that counts them
+    assert any("600 blank lines" in line for line in shown), shown
+    assert shown[0] == "   I think"
+    assert "   the sky" in shown
+    cut = shown[-1]
+    assert cut.startswith("   ... cut: ") and f"of {len(reply)} characters" in cut and "lines" in cut, cut
+
+
+def test_report_keeps_a_short_reply_whole():
+    plan = EditPlan(raw_reply="line 1\n\nline 3")
+    lines = plan.report().splitlines()
+    assert lines[-4:] == ["Model reply:", "   line 1", "   ", "   line 3"]
 
 
 def test_as_plan_list():

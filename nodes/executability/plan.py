@@ -305,8 +305,9 @@ class EditPlan:
         return cls.from_dict(_load_json(text))
 
     # ---- report --------------------------------------------------------------------------
-    def report(self, max_reply_chars: int = 2000) -> str:
-        """A readable multi-line summary: one block per instruction, then notes."""
+    def report(self, max_reply_chars: int = 2000, max_reply_lines: int = 40) -> str:
+        """A readable multi-line summary: one block per instruction, then notes, then the model's
+        reply when the plan kept it (capped: see :func:`reply_excerpt`)."""
         n_exec = len(self.executable_items())
         lines = [f"Edit plan: {n_exec} of {len(self.items)} instruction(s) executable"]
         if self.image_size is not None:
@@ -331,12 +332,43 @@ class EditPlan:
             lines.append("Notes:")
             lines.extend(f" - {note}" for note in self.notes)
         if self.raw_reply is not None:
-            reply = self.raw_reply
-            if len(reply) > max_reply_chars:
-                reply = reply[:max_reply_chars] + f"... ({len(self.raw_reply)} characters)"
             lines.append("Model reply:")
-            lines.extend("   " + line for line in (reply.splitlines() or [""]))
+            lines.extend("   " + line for line in reply_excerpt(self.raw_reply, max_reply_chars, max_reply_lines))
         return "\n".join(lines)
+
+
+def reply_excerpt(reply: str, max_chars: int = 2000, max_lines: int = 40) -> list:
+    """The lines of a model reply to show in a report: runs of three or more blank lines fold into
+    one line that counts them (a degenerate reply can be hundreds of newlines), at most
+    ``max_lines`` lines and ``max_chars`` characters of the reply are shown, and a last line says
+    how much was cut."""
+    source = reply.splitlines() or [""]
+    shown, used_chars, index = [], 0, 0
+    while index < len(source) and len(shown) < max_lines and used_chars < max_chars:
+        line = source[index]
+        if not line.strip():
+            end = index
+            while end < len(source) and not source[end].strip():
+                end += 1
+            if end - index >= 3:
+                shown.append(f"({end - index} blank lines)")
+                used_chars += sum(len(s) + 1 for s in source[index:end])
+                index = end
+                continue
+        room = max_chars - used_chars
+        if len(line) > room:  # the character budget ends inside this line
+            shown.append(line[:room])
+            used_chars += room
+            break
+        shown.append(line)
+        used_chars += len(line) + 1
+        index += 1
+    shown_chars = min(used_chars, len(reply))
+    if shown_chars < len(reply):
+        cut_lines = len(source) - index
+        shown.append(f"... cut: {len(reply) - shown_chars} of {len(reply)} characters "
+                     f"({cut_lines} of {len(source)} lines) not shown")
+    return shown
 
 
 def _canon(text: str) -> str:

@@ -167,8 +167,9 @@ class PredictEditRegion(io.ComfyNode):
                                round=0.000001,
                                tooltip="Adam learning rate of test-time mode (higher rates can saturate the region "
                                        "into all or nothing)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                             tooltip="Seed of the fresh head's initial weights (test-time mode)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                             tooltip="Seed of the fresh head's initial weights (test-time mode); kept as set "
+                                     "between runs (no 'control after generate')."),
                 io.Image.Input("edited", optional=True,
                                tooltip="Test-time mode: the image edited everywhere (G(X, t_e), e.g. img2img or "
                                        "InstructPix2Pix with the target caption); one, or one per image."),

@@ -13,7 +13,8 @@ frontend shows:
         browser.graph_to_prompt()["output"] # the API prompt the frontend builds
         browser.node_boxes()                # [{id, type, title, x, y, w, h}] as drawn
         prompt_id = browser.queue()         # through app.queuePrompt, like the Run button
-        browser.screenshot(path)
+        browser.screenshot(path)            # the window; canvas_screenshot(path): the canvas alone
+        browser.open_templates("ContextEdit")  # the Templates browser's cards
 
 ``chromium_available()`` says whether the browser is installed; the browser tests skip with one
 line when it is not, except under CI (``CI=true``), where a missing browser is a failure:
@@ -43,6 +44,9 @@ CHROMIUM_FLAGS = (
 EXPECTED_CONSOLE_NOISE = (
     "/user.css", "/favicon.ico", "/api/userdata", "comfy.templates.json",
 )
+
+# What the pinned frontend logs when focus mode ends (its minimap remounts): see canvas_screenshot.
+FOCUS_MODE_NOISE = "Attempted to cleanup event listeners for graph that was never set up"
 
 # Settings a returning user has: no first-run template browser, no tutorial.
 QUIET_SETTINGS = {
@@ -76,6 +80,7 @@ class Browser:
         self.server = None
         self._profile = None
         self._console = []
+        self._pending_console = []  # entries read while taking a canvas screenshot
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -264,9 +269,113 @@ class Browser:
         self.driver.save_screenshot(str(path))
         return path
 
+    def open_templates(self, category=None, timeout=60.0):
+        """Open the Templates browser as its sidebar button does; with ``category`` (the label of an
+        entry in its navigation, e.g. a pack under Extensions), click it. Returns the cards shown,
+        in order: [{name, title, description, thumbnail (src), thumbnail_loaded (its image loaded
+        when the card scrolled into view)}]."""
+        self.js("return window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        self.wait_for("document.querySelectorAll('[data-testid^=\"template-workflow-\"]').length > 0",
+                      timeout, "the Templates browser to show cards")
+        if category is not None:
+            first = self.js("return document.querySelector('[data-testid^=\"template-workflow-\"]').getAttribute('data-testid')")
+            clicked = self.js("""
+                const label = arguments[0];
+                const el = [...document.querySelectorAll('span, a, button, li, div')]
+                  .find(e => e.children.length === 0 && e.textContent.trim() === label);
+                if (!el) return false;
+                el.click();
+                return true;
+            """, category)
+            if not clicked:
+                raise BrowserError(f"no entry {category!r} in the Templates browser's navigation")
+            self.wait_for("(document.querySelector('[data-testid^=\"template-workflow-\"]') || {getAttribute: () => null})"
+                          f".getAttribute('data-testid') !== {json.dumps(first)}", timeout, f"the {category} page")
+        # the thumbnails load lazily as a card scrolls into view (and are let go when it leaves):
+        # scroll to each card in turn and note whether its image loaded
+        seen = self.js("""
+            const cards = [...document.querySelectorAll('[data-testid^="template-workflow-"]')];
+            const loaded = (card) => { const img = card.querySelector('img');
+                                       return !!(img && img.complete && img.naturalWidth > 0); };
+            const seen = {};
+            return cards.reduce((p, card) => p.then(() => new Promise(r => {
+              card.scrollIntoView({block: 'center'});
+              const t0 = Date.now();
+              const poll = () => {
+                if (loaded(card) || Date.now() - t0 > 8000) {
+                  seen[card.getAttribute('data-testid')] = loaded(card);
+                  r();
+                } else setTimeout(poll, 100);
+              };
+              poll();
+            })), Promise.resolve()).then(() => {
+              if (cards.length) cards[0].scrollIntoView({block: 'center'});
+              return new Promise(r => setTimeout(() => r(seen), 500));
+            });
+        """)
+        cards = self.template_cards()
+        for card in cards:
+            card["thumbnail_loaded"] = bool(seen.get(f"template-workflow-{card['name']}"))
+        return cards
+
+    def template_cards(self):
+        """The cards the Templates browser shows now, in order."""
+        return self.js("""
+            return [...document.querySelectorAll('[data-testid^="template-workflow-"]')].map(card => {
+              const img = card.querySelector('img');
+              const title = card.querySelector('h3');
+              const description = card.querySelector('p');
+              return {name: card.getAttribute('data-testid').slice('template-workflow-'.length),
+                      title: title ? title.textContent.trim() : null,
+                      description: description ? description.textContent.trim() : null,
+                      thumbnail: img ? img.getAttribute('src') : null,
+                      thumbnail_loaded: !!(img && img.complete && img.naturalWidth > 0)};
+            });
+        """)
+
+    def close_dialogs(self, timeout=10.0):
+        """Close the open dialog as a person would (Escape; else its close button)."""
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        open_dialog = "document.querySelectorAll('[role=\"dialog\"]').length"
+        ActionChains(self.driver).send_keys(Keys.ESCAPE).perform()
+        try:
+            self.wait_for(f"{open_dialog} === 0", 3, "the dialog to close on Escape")
+        except BrowserError:
+            self.js("""
+                const dialog = document.querySelector('[role="dialog"]');
+                const close = dialog && [...dialog.querySelectorAll('button')].find(
+                  b => /close/i.test(b.getAttribute('aria-label') || '') || b.querySelector('.pi-times, [class*="lucide--x"]'));
+                if (close) close.click();
+            """)
+            self.wait_for(f"{open_dialog} === 0", timeout, "the dialog to close")
+
+    def canvas_screenshot(self, path):
+        """A screenshot of the canvas alone: the frontend's focus mode hides its menus, tabs,
+        sidebars and minimap for the shot, the canvas info is off; the view does not move, and
+        everything comes back afterwards. Leaving focus mode remounts the minimap, which makes the
+        pinned frontend log FOCUS_MODE_NOISE (its cleanup finds no listeners it set up on the
+        graph): that one message, logged during the shot, is dropped; any other is kept for
+        console_errors()."""
+        setting = "Comfy.Graph.CanvasInfo"
+        info = self.js("return window.app.extensionManager.setting.get(arguments[0])", setting)
+        self._pending_console.extend(self.driver.get_log("browser"))
+        self.js("return window.app.extensionManager.setting.set(arguments[0], false)", setting)
+        self.js("return window.app.extensionManager.command.execute('Workspace.ToggleFocusMode')")
+        try:
+            self.js("return new Promise(r => setTimeout(() => requestAnimationFrame(() => r(true)), 300))")
+            return self.screenshot(path)
+        finally:
+            self.js("return window.app.extensionManager.command.execute('Workspace.ToggleFocusMode')")
+            self.js("return window.app.extensionManager.setting.set(arguments[0], arguments[1])", setting, info)
+            self.js("return new Promise(r => setTimeout(() => requestAnimationFrame(() => r(true)), 300))")
+            self._pending_console.extend(e for e in self.driver.get_log("browser")
+                                         if FOCUS_MODE_NOISE not in e.get("message", ""))
+
     def console_errors(self, include_noise=False):
         """SEVERE console entries since the last call (less the expected noise, unless asked)."""
-        entries = self.driver.get_log("browser")
+        entries, self._pending_console = self._pending_console + self.driver.get_log("browser"), []
         self._console.extend(entries)
         errors = [e for e in entries if e.get("level") == "SEVERE"]
         if not include_noise:

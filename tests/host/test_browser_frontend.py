@@ -35,3 +35,25 @@ def test_frontend_registers_every_pack_node_with_its_widgets(browser, comfy_serv
         assert shown == widget_inputs, f"{node_type}: frontend widgets {built[node_type]} vs declared {widget_inputs}"
     browser.screenshot(tmp_path / "frontend.png")
     assert browser.console_errors() == []
+
+
+def test_search_preview_prints_a_default_for_every_pack_combo(browser, comfy_server):
+    """The node search box's preview prints each widget input's default (NodePreview.vue); a model
+    list without one printed "undefined" for Load VLM's model_name on a server with no model
+    installed. Every combo of every pack node gets a default the frontend shows."""
+    ours = pack_node_ids(comfy_server.initial_object_info)
+    shown = browser.js("""
+        const out = {};
+        for (const type of arguments[0]) {
+          const data = window.LiteGraph.registered_node_types[type].nodeData;
+          const inputs = {...(data.input.required || {}), ...(data.input.optional || {})};
+          for (const [name, spec] of Object.entries(inputs)) {
+            const combo = Array.isArray(spec[0]) || spec[0] === 'COMBO';
+            if (combo) out[`${type}.${name}`] = spec[1] && spec[1].default !== undefined ? String(spec[1].default) : 'undefined';
+          }
+        }
+        return out;
+    """, ours)
+    assert shown, "no pack combo found"
+    assert [k for k, v in shown.items() if v in ("undefined", "")] == []
+    assert shown["ContextEditLoadVLM.model_name"] != "undefined"
