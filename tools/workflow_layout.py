@@ -48,6 +48,10 @@ CHAR_W = 7.4          # the title font (14 px sans-serif), wider than its averag
 
 # the frontend's own widgets on a core node that /object_info does not declare
 FRONTEND_WIDGET_H = {"PreviewAny": MULTILINE_H + WIDGET_H + 120}  # its text box and Markdown toggle
+# the pack's own canvas widgets (web/js): Decode Masks' mask view appears after a run (its DOM
+# widget's minimum height, 240, plus room for the frame); Review Plan's editor is there from the start
+FRONTEND_WIDGET_H.update({"ContextEditDecodeMasks": 240 + 40})
+MIN_SIZE = {"ContextEditReviewPlan": (440, 520)}  # what web/js/review_plan.js sizes a new node to
 
 MIN_NODE_W = 300
 NOTE_W = 440
@@ -123,7 +127,8 @@ def estimate_size(class_type, schema, title):
     if schema.get("output_node") and takes_images:
         height += OUTPUT_IMAGE_H
     width = max(MIN_NODE_W, 45 + CHAR_W * len(title or ""))
-    return [round(width), round(height)]
+    min_w, min_h = MIN_SIZE.get(class_type, (0, 0))
+    return [round(max(width, min_w)), round(max(height, min_h))]
 
 
 def note_size(text):
