@@ -15,7 +15,7 @@ adapters import ``comfy``, and only lazily.
 from .capture import AttentionCapture, CapturedMap
 from .controller import AttentionCall, AttentionController, LayerSelector, merge_heads, scaled_scores, split_heads
 from .injection import AttentionInjection, SourceAttentionStore, SourceRecorder
-from .masked_attention import MaskModulation, ModulationMode, TokenRouting
+from .masked_attention import MaskEdges, MaskModulation, ModulationMode, TokenRouting
 from .token_ratio import CrossAttentionProbe, StopForward
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "SourceRecorder",
     "StopForward",
     "LayerSelector",
+    "MaskEdges",
     "MaskModulation",
     "ModulationMode",
     "TokenRouting",

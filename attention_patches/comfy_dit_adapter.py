@@ -108,7 +108,8 @@ class DiTConfinement:
     (uncond) go through the attention untouched. ``blocks``: None = every block, else a set of
     ``(block_type, index)`` with block_type 'double' / 'single' as the models name them.
     ``sigma_max`` / ``sigma_min``: the noise window in which it acts. ``strength`` < 1 blends the
-    confined attention output with the unconfined one over the same tokens (0 = no confinement).
+    confined attention output with the unconfined one over the same tokens at the positions the
+    model gave them (0 = the unpatched model, exactly).
     """
 
     segments: TextSegments
@@ -261,6 +262,8 @@ class _Call:
         def attend(q_, k_, v_):
             return self.inner(func, q_, k_, v_, heads, *rest, **kwargs)
 
+        if self.owner.strength == 0.0:
+            return self.inner(func, *args, **kwargs)   # no effect: exactly the unpatched attention
         self.owner.calls += 1
         batch = q.shape[0]
         rows = self.rows
@@ -276,6 +279,10 @@ class _Call:
         return out
 
     def confined(self, attend, q, k, v):
+        strength = self.owner.strength
+        # the unconfined attention of the blend is the model's own: over the positions the model
+        # gave the text (before any rebase), so strength 0 is the unpatched model on every family
+        full = attend(q, k, v) if strength < 1.0 else None
         if self.rebase is not None:
             from comfy.ldm.flux.math import apply_rope1
 
@@ -283,8 +290,6 @@ class _Call:
             q = torch.cat([apply_rope1(q[:, :, :n], self.rebase), q[:, :, n:]], dim=2)
             k = torch.cat([apply_rope1(k[:, :, :n], self.rebase), k[:, :, n:]], dim=2)
         out = grouped_attention(attend, q, k, v, self.groups)
-        strength = self.owner.strength
-        if strength < 1.0:
-            full = attend(q, k, v)
+        if full is not None:
             out = full + strength * (out - full)
         return out

@@ -6,7 +6,9 @@ DiT editing models (FLUX.1 Kontext, Qwen-Image-Edit) run one attention over the 
 and one segment S_k per instruction. CAMILA's confinement then reads, per query:
 
 - image and reference queries inside instruction k's mask see S_k, P and every image/reference
-  token; outside every mask they see S0, P and every image/reference token (group 0);
+  token (inside several masks: all of their segments); outside every mask they see S0, P and every
+  image/reference token (group 0). A token is inside a mask when the mask covers at least half of
+  its cell;
 - the text queries of S_g see what the pixels of group g see;
 - the shared part's text queries see P and every image/reference token (no segment, so nothing
   of any instruction reaches P and, through it, the pixels outside the masks);
@@ -111,17 +113,16 @@ class TokenLayout:
         return self.text + self.image + sum(h * w for h, w in self.refs_hw)
 
 
-def pixel_groups(masks: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """[h*w] long group of each token of an h x w grid: k (1-based) where instruction k's mask
-    covers at least half of the token's area (the strongest mask where several do), 0 outside
-    every mask. ``masks`` is [K, H, W] in instruction order, values in 0..1."""
+def pixel_membership(masks: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """[K, h*w] bool: token cell c of an h x w grid belongs to mask k when mask k covers at least
+    half of the cell's area (the SD path binarises its masks by the same rule). ``masks`` is
+    [K, H, W] in instruction order, values in 0..1."""
     h, w = hw
     if masks.shape[0] == 0:
-        return torch.zeros(h * w, dtype=torch.long)
+        return torch.zeros(0, h * w, dtype=torch.bool)
     # area average: the share of each token cell a mask covers
     cover = F.interpolate(masks.float().unsqueeze(0), size=(h, w), mode="area")[0]
-    best, idx = cover.max(dim=0)
-    return torch.where(best >= 0.5, idx + 1, torch.zeros_like(idx)).reshape(-1).long()
+    return (cover >= 0.5).reshape(masks.shape[0], -1)
 
 
 @dataclass
@@ -139,34 +140,48 @@ class Group:
 
 def build_groups(segments: TextSegments, layout: TokenLayout, masks: torch.Tensor,
                  device=None) -> list[Group]:
-    """The query groups of one call and the keys each group sees (see the module docstring)."""
+    """The query groups of one call and the keys each group sees (see the module docstring).
+
+    A group is a set of instructions: an image/reference token in several masks sees all of their
+    segments (as an SD pixel in two masks sees both instructions), one in no mask sees S0; the text
+    queries of S_k join the group {k}, those of S0 the empty group."""
     if layout.text % max(segments.length, 1) != 0:
         raise ValueError(f"the call has {layout.text} text tokens, not a multiple of the "
                          f"{segments.length} the segments were encoded to")
     owner = segments.token_owner().repeat(layout.text // segments.length)
-    n_groups = segments.instructions + 1
-    if masks.shape[0] != segments.instructions:
-        raise ValueError(f"{masks.shape[0]} masks for {segments.instructions} instruction segments")
-    visual = [pixel_groups(masks, layout.image_hw)]
+    n_instr = segments.instructions
+    if masks.shape[0] != n_instr:
+        raise ValueError(f"{masks.shape[0]} masks for {n_instr} instruction segments")
+    visual = [pixel_membership(masks, layout.image_hw)]
     for hw in layout.refs_hw:
         # reference tokens follow the mask when they cover the same grid (the edited image
         # itself); any other reference is context for everyone's image-only group
-        visual.append(pixel_groups(masks, hw) if tuple(hw) == tuple(layout.image_hw)
-                      else torch.zeros(hw[0] * hw[1], dtype=torch.long))
-    visual = torch.cat(visual)
-    visual_idx = torch.arange(layout.text, layout.total)
+        visual.append(pixel_membership(masks, hw) if tuple(hw) == tuple(layout.image_hw)
+                      else torch.zeros(n_instr, hw[0] * hw[1], dtype=torch.bool))
+    visual = torch.cat(visual, dim=1)                                    # [K, V]
     text_idx = torch.arange(layout.text)
     shared_idx = text_idx[owner == -1]
 
+    members = {}   # instruction set (tuple of bools) -> query indices, in first-seen order
+    for g in range(n_instr + 1):
+        key = tuple(k + 1 == g for k in range(n_instr))
+        members.setdefault(key, []).append(text_idx[owner == g])
+    if visual.shape[1]:
+        patterns, inverse = torch.unique(visual.t(), dim=0, return_inverse=True)
+        visual_idx = torch.arange(layout.text, layout.text + visual.shape[1])
+        for p in range(patterns.shape[0]):
+            members.setdefault(tuple(bool(b) for b in patterns[p]), []).append(visual_idx[inverse == p])
+
     groups = []
-    for g in range(n_groups):
-        queries = torch.cat([text_idx[owner == g], visual_idx[visual == g]])
+    for key, parts in members.items():
+        queries = torch.cat(parts)
         if queries.numel() == 0:
             continue
-        text_keys = text_idx[(owner == g) | (owner == -1)]
-        groups.append(Group(queries.to(device), text_keys.to(device), layout.text, visual.numel()))
+        seen = [k + 1 for k in range(n_instr) if key[k]] or [0]
+        text_keys = text_idx[torch.isin(owner, torch.tensor(seen + [-1]))]
+        groups.append(Group(queries.to(device), text_keys.to(device), layout.text, visual.shape[1]))
     if shared_idx.numel():
-        groups.append(Group(shared_idx.to(device), shared_idx.to(device), layout.text, visual.numel()))
+        groups.append(Group(shared_idx.to(device), shared_idx.to(device), layout.text, visual.shape[1]))
     return groups
 
 

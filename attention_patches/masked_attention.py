@@ -5,22 +5,35 @@ In the chosen layers, for the text-conditioned branch only, edit regions attend 
 the same layer's to_k/to_v applied to an empty-prompt encoding (position j of the empty encoding
 stands in for prompt token j).
 
+Masks at each layer's grid (``edges``):
+
+* ``BINARY`` (default) -- CAMILA modulates with binary masks: a grid cell belongs to mask k when
+  mask k covers at least half of the cell's area (the covered fraction, area-averaged, >= 0.5;
+  the DiT path assigns tokens by the same rule). Every mask value is then 0 or 1.
+* ``SOFT`` -- the covered fraction itself (area average): cells on a mask's edge get 0 < M < 1.
+
 Which mask each token follows (``routing``; N instructions with masks M_k and token sets T_k):
 
-* ``PER_TOKEN`` (default) -- CAMILA: "the binary masks for all tokens are concatenated into a
-  unified mask M", so M[p, j] = M_k(p) for the instruction k that text token j belongs to. A pixel
+* ``PER_TOKEN`` -- CAMILA: "the binary masks for all tokens are concatenated into a unified
+  mask M", so M[p, j] = M_k(p) for the instruction k that text token j belongs to. A pixel
   inside instruction 1's mask uses the text score X for instruction 1's tokens and the image-only
   score Y for instruction 2's tokens. Tokens that belong to no instruction (start/end/padding, the
   separators between instructions) follow the union of the masks, max_k M_k(p): inside any edit
   region they keep the prompt's sentence structure, outside every region the pixel's whole row is
-  the image-only attention, and with one instruction every token follows its mask.
+  the image-only attention, and with one instruction every token follows its mask. (With a causal
+  text encoder those end/padding tokens encode every instruction: instruction 2's meaning reaches
+  instruction 1's pixels through them. ``PER_SEGMENT`` avoids that.)
+* ``PER_SEGMENT`` -- every instruction encoded on its own (its own start/end/padding) and the
+  encodings concatenated; ``token_sets`` are the segments. A pixel inside mask k attends only to
+  segment k (several masks: their segments), a pixel outside every mask only to the empty
+  prompt's encoding. Only binary masks: a pixel either attends to a segment or not.
 * ``FOI`` -- FoI's routing: one mask value per pixel (the union) for every token, and a pixel inside
   M_k sees only the start/end/padding tokens and T_k (other instructions' tokens get -inf; soft
   masks give them log M_k); a pixel in several masks sees the union of those sets.
 * without token sets (one region for the whole prompt) every token follows the union; both
   routings then coincide.
 
-How the mask mixes (``mode``):
+How the mask mixes (``mode``; with binary masks both give the same result):
 
 * ``LOGITS`` -- CAMILA's formula, A' = softmax((X*M + Y*(1-M)) / sqrt(d)) with X = Q K_T^T and
   Y = Q K_0^T, M per pixel and token. The values paired with the mixed scores are mixed the same
@@ -36,9 +49,13 @@ Composition with other packs (ComfyUI attn2 replaces run *inside* ``call.attend`
 formula is an attention call -- rows whose mask values are all 0 or 1 in ``LOGITS`` (grouped by
 their pattern over tokens), both attentions of ``OUTPUT`` -- it is computed through
 ``call.attend`` on modified keys/values, so the other pack acts on exactly what it would act on
-alone. Rows with soft values (mask edges) get our change as a delta on top of the inner result,
-attend(Q,K_T,V_T) + (ours - Attn(Q,K_T,V_T)), so an additive patch (out = attn + extra, IP-Adapter
-style) keeps its extra term there too.
+alone. With binary masks (the default) that is every row, so composition is exact for any pack.
+Rows with soft values (mask edges, ``SOFT`` only) get our change as a delta on top of the inner
+result, attend(Q,K_T,V_T) + (ours - Attn(Q,K_T,V_T)): exact for a pack that adds a term (out =
+attn + extra, IP-Adapter style), approximate for packs that scale or reshape the attention.
+
+Everything that depends only on the masks and the layer's grid (the binary masks, the per-token
+mask, the row patterns and their key selections) is computed once per grid and kept.
 """
 
 import enum
@@ -51,9 +68,13 @@ import torch.nn.functional as F
 from .controller import AttentionCall, AttentionController, LayerSelector, apply_probs, chunk_branches, scaled_scores
 
 TEXT_BRANCH = "text"  # apply to the chunks whose context is the prompt's own encoding
-# At most this many distinct binary row patterns go through the inner attention as separate
-# calls (each is one attention over the batch); rows of rarer patterns take the delta path.
+# With soft edges, at most this many distinct binary row patterns go through the inner attention
+# as separate calls (each is one attention over the batch); rows of rarer patterns take the delta
+# path. With binary masks every pattern does (there are at most 2^N + 1 of them).
 MAX_PATTERNS = 16
+# A grid cell belongs to a mask when the mask covers at least this fraction of its area.
+BINARY_COVER = 0.5
+_PLAN_CACHE = 16  # row plans kept per controller (a few grids x token counts per sampling run)
 
 
 class ModulationMode(str, enum.Enum):
@@ -64,6 +85,12 @@ class ModulationMode(str, enum.Enum):
 class TokenRouting(str, enum.Enum):
     PER_TOKEN = "per-token"   # CAMILA: M[p, j] = mask of the instruction token j belongs to
     FOI = "foi"               # FoI: one M per pixel, other instructions' tokens hidden
+    PER_SEGMENT = "per-segment"  # instructions encoded apart: pixels in mask k see only segment k
+
+
+class MaskEdges(str, enum.Enum):
+    BINARY = "binary"   # a cell is in a mask when the mask covers >= half of it (CAMILA: binary masks)
+    SOFT = "soft"       # the covered fraction (area average)
 
 
 def resize_masks(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -74,18 +101,40 @@ def resize_masks(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return m.squeeze(1).clamp(0.0, 1.0)
 
 
+def layer_masks(masks: torch.Tensor, h: int, w: int, edges=MaskEdges.BINARY) -> torch.Tensor:
+    """[N, H, W] -> [N, h, w] at a layer's grid: the covered fraction (``SOFT``) or 1 where it is
+    at least ``BINARY_COVER`` and 0 elsewhere (``BINARY``)."""
+    cover = resize_masks(masks, h, w)
+    if MaskEdges(edges) is MaskEdges.SOFT:
+        return cover
+    return (cover >= BINARY_COVER).float()
+
+
+class _RowPlan:
+    """What one grid and token count need, computed once: the masks at the grid [N, Nq], the
+    formula's weight/visibility/pixel mask, and the rows that go through the inner attention as
+    one call per pattern (members, which tokens come from the prompt, which are visible)."""
+
+    def __init__(self, masks_flat, weight, vis, pixel, groups, done):
+        self.masks_flat, self.weight, self.vis, self.pixel = masks_flat, weight, vis, pixel
+        self.groups = groups      # [(members, take_text [T] bool, visible index or None, identity)]
+        self.done = done          # [Nq] bool: rows computed through the inner attention
+
+
 class MaskModulation(AttentionController):
     """Confine the prompt's influence to masked regions.
 
     masks: [N, H, W] in [0, 1], one per instruction (N=1 for a single region).
     empty_context: [1, T0, C] encoding of the empty prompt (the image-only conditioning).
     token_sets: None (every prompt token follows the union of the masks: single-region mode) or N
-        lists of positions in the prompt's token axis, instruction k's tokens.
-    routing: how token sets are used, ``PER_TOKEN`` (CAMILA, default) or ``FOI`` (module doc).
+        lists of positions in the prompt's token axis, instruction k's tokens (``PER_SEGMENT``:
+        every position of segment k's own encoding).
+    routing: how token sets are used, ``PER_TOKEN`` (CAMILA), ``PER_SEGMENT`` or ``FOI`` (module doc).
     special_tokens: positions of start/end/padding tokens (FoI keeps them visible everywhere;
         per-token routing lets every token outside the sets follow the union).
     prompt_context: [1, L, C] the prompt's encoding, used to find the text branch when
         ``branches == TEXT_BRANCH``; otherwise ``branches`` is a set of cond_or_uncond ids.
+    edges: ``BINARY`` (default: binary masks at each layer's grid) or ``SOFT`` (module doc).
     strength: 0 = unpatched, 1 = full modulation (linear blend of outputs).
     """
 
@@ -101,6 +150,7 @@ class MaskModulation(AttentionController):
         prompt_length: Optional[int] = None,
         branches=TEXT_BRANCH,
         mode: ModulationMode = ModulationMode.LOGITS,
+        edges: MaskEdges = MaskEdges.BINARY,
         strength: float = 1.0,
         selector: LayerSelector = LayerSelector(),
     ):
@@ -112,6 +162,13 @@ class MaskModulation(AttentionController):
             raise ValueError("branches='text' needs prompt_context to recognise the text branch")
         self.routing = TokenRouting(routing)
         self.mode = ModulationMode(mode)
+        self.edges = MaskEdges(edges)
+        if self.routing is TokenRouting.PER_SEGMENT:
+            if token_sets is None:
+                raise ValueError("per-segment routing needs the segments (token_sets)")
+            if self.edges is not MaskEdges.BINARY:
+                raise ValueError("per-segment routing needs binary masks: a pixel attends to a segment or not")
+            self.mode = ModulationMode.LOGITS   # binary masks: LOGITS and OUTPUT are the same attention
         if (self.mode is ModulationMode.OUTPUT and self.routing is TokenRouting.PER_TOKEN
                 and token_sets is not None and len(token_sets) > 1):
             raise ValueError("mode 'output' blends two whole attentions per pixel and has no per-token form; "
@@ -126,6 +183,7 @@ class MaskModulation(AttentionController):
         self.strength = float(strength)
         self.selector = selector
         self._mask_cache = {}
+        self._plans = {}
         # diagnostics (tests, the Attention Map node): what was actually modulated
         self.calls_modified = 0
         self.places_modified = set()
@@ -139,7 +197,13 @@ class MaskModulation(AttentionController):
     def _pixel_masks(self, h: int, w: int, device) -> torch.Tensor:
         key = (h, w, str(device))
         if key not in self._mask_cache:
-            self._mask_cache[key] = resize_masks(self.masks, h, w).reshape(self.masks.shape[0], h * w).to(device)
+            flat = layer_masks(self.masks, h, w, self.edges).reshape(self.masks.shape[0], h * w)
+            vanished = [k + 1 for k in range(flat.shape[0]) if bool(self.masks[k].any()) and not bool(flat[k].any())]
+            if vanished:
+                logging.warning("ContextEdit Attention Mask: mask(s) %s cover less than half of every cell of the "
+                                "%dx%d attention layers, so they edit nothing there; enlarge them or choose finer "
+                                "'resolutions'.", vanished, h, w)
+            self._mask_cache[key] = flat.to(device)
         return self._mask_cache[key]
 
     def _prompt_layout(self, n_tokens: int) -> int:
@@ -162,8 +226,8 @@ class MaskModulation(AttentionController):
         """The mask as the formula uses it, for pixels p and text tokens j.
 
         Returns (weight [Nq, T], visibility [Nq, T] or None, pixel [Nq]): ``weight`` is M[p, j]
-        (mixes X/Y and V_T/V_0), ``visibility`` FoI's token routing (None = every token visible),
-        ``pixel`` the union max_k M_k(p) (the per-pixel M of OUTPUT mode).
+        (mixes X/Y and V_T/V_0), ``visibility`` the token routing of FoI / per-segment (None =
+        every token visible), ``pixel`` the union max_k M_k(p) (the per-pixel M of OUTPUT mode).
         """
         union = masks_flat.max(dim=0).values                      # [Nq]
         n_q = union.shape[0]
@@ -178,6 +242,17 @@ class MaskModulation(AttentionController):
             owned = owner.sum(dim=0) > 0                            # [L]
             weight = torch.where(owned.view(1, -1), per_k.max(dim=0).values, union.view(-1, 1))
             return weight.repeat(1, reps), None, union
+        if self.routing is TokenRouting.PER_SEGMENT:
+            # a pixel sees the segments of every mask covering it, from the prompt; outside every
+            # mask, the empty prompt's own positions 0..T0-1 (its keys stand at those positions).
+            # Only the first copy of a repeated text is used (attention over one copy).
+            seg = (masks_flat.transpose(0, 1) @ owner).clamp(max=1.0)      # [Nq, L]
+            weight = torch.zeros(n_q, n_tokens, device=masks_flat.device)
+            weight[:, :length] = seg
+            vis = weight.clone()
+            n_empty = min(self.empty_context.shape[1], n_tokens)
+            vis[union == 0, :n_empty] = 1.0
+            return weight, vis, union
         # FoI: a token owned by instruction k is seen with weight M_k(p); a pixel in two masks sees
         # both token sets; start/end/padding always; pixels outside every mask see everything (they
         # take the image-only path, where routing the prompt's tokens means nothing)
@@ -186,6 +261,49 @@ class MaskModulation(AttentionController):
             vis[:, [p for p in self.special_tokens if p < length]] = 1.0
         vis = torch.where((union > 0).view(-1, 1), vis, torch.ones_like(vis))
         return union.view(-1, 1).expand(n_q, n_tokens), vis.repeat(1, reps), union
+
+    def _row_plan(self, h: int, w: int, n_tokens: int, device) -> _RowPlan:
+        """Everything that depends only on the grid and the token count, computed once."""
+        key = (h, w, n_tokens, str(device))
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        masks_flat = self._pixel_masks(h, w, device)
+        weight, vis, pixel = self.token_masks(masks_flat, n_tokens)
+        text_only = self.mode is ModulationMode.OUTPUT
+        n_q = weight.shape[0]
+        parts = [] if text_only else [weight]
+        if vis is not None:
+            parts.append(vis)
+        groups = []
+        if not parts:  # nothing to route: the text attention is the inner result itself
+            done = torch.ones(n_q, dtype=torch.bool, device=device)
+        else:
+            rows_key = torch.cat(parts, dim=1)
+            binary = ((rows_key == 0) | (rows_key == 1)).all(dim=1)
+            done = torch.zeros(n_q, dtype=torch.bool, device=device)
+            if bool(binary.any()):
+                patterns, inverse, counts = torch.unique(rows_key[binary], dim=0, return_inverse=True,
+                                                         return_counts=True)
+                binary_idx = binary.nonzero().view(-1)
+                order = counts.argsort(descending=True).tolist()
+                if self.edges is MaskEdges.SOFT:
+                    order = order[:MAX_PATTERNS]
+                for g in order:
+                    pattern = patterns[g]
+                    members = binary_idx[inverse == g]
+                    take_text = (torch.ones(n_tokens, dtype=torch.bool, device=device) if text_only
+                                 else pattern[:n_tokens] > 0.5)
+                    visible = (pattern[-n_tokens:] > 0.5) if vis is not None else None
+                    identity = bool(take_text.all()) and (visible is None or bool(visible.all()))
+                    visible_idx = None if visible is None or bool(visible.all()) else visible.nonzero().view(-1)
+                    groups.append((members, take_text, visible_idx, identity))
+                    done[members] = True
+        plan = _RowPlan(masks_flat, weight, vis, pixel, groups, done)
+        if len(self._plans) >= _PLAN_CACHE:
+            self._plans.pop(next(iter(self._plans)))
+        self._plans[key] = plan
+        return plan
 
     # -- branch choice --------------------------------------------------------------------------
     def _patched_chunks(self, call: AttentionCall):
@@ -233,7 +351,7 @@ class MaskModulation(AttentionController):
 
     def modulate(self, q, k, v, k0, v0, heads: int, masks_flat: torch.Tensor) -> torch.Tensor:
         """The modulated attention written with our own math (no other pack involved).
-        q [b,Nq,HD], k/v [b,T,HD], k0/v0 [b,T,HD], masks_flat [N, Nq]."""
+        q [b,Nq,HD], k/v [b,T,HD], k0/v0 [b,T,HD], masks_flat [N, Nq] (used as given)."""
         weight, vis, pixel = self.token_masks(masks_flat, k.shape[1])
         return self._math(q, k, v, k0, v0, heads, weight, vis, pixel).to(v.dtype)
 
@@ -253,8 +371,8 @@ class MaskModulation(AttentionController):
         if not chunks:
             return probs
         k0, _ = self._empty_kv(call)
-        masks_flat = self._pixel_masks(call.height, call.width, call.q.device)
-        weight, vis, pixel = self.token_masks(masks_flat, call.k.shape[1])
+        plan = self._row_plan(call.height, call.width, call.k.shape[1], call.q.device)
+        weight, vis, pixel = plan.weight, plan.vis, plan.pixel
         for _, sl in chunks:
             b = call.q[sl].shape[0]
             p, _ = self._probs(call.q[sl], call.k[sl], k0.expand(b, -1, -1), call.heads, weight, vis)
@@ -266,7 +384,7 @@ class MaskModulation(AttentionController):
         return probs
 
     # -- composition with whatever attention runs inside call.attend ----------------------------
-    def _attend_modified(self, call, rows, k0, v0, take_text, visible):
+    def _attend_modified(self, call, rows, k0, v0, take_text, visible_idx):
         """call.attend on the whole batch (other packs see the batch layout they expect) with the
         patched chunks' keys/values taken token by token from the prompt (take_text[j]) or the
         empty prompt, restricted to the visible tokens; returns the patched rows [b, Nq, HD]."""
@@ -274,58 +392,35 @@ class MaskModulation(AttentionController):
         sel = take_text.view(1, -1, 1)
         k[rows] = torch.where(sel, call.k[rows], k0.expand(len(rows), -1, -1))
         v[rows] = torch.where(sel, call.v[rows], v0.expand(len(rows), -1, -1))
-        if visible is not None and not bool(visible.all()):
-            idx = visible.nonzero().view(-1)
-            k, v = k[:, idx], v[:, idx]
+        if visible_idx is not None:
+            k, v = k[:, visible_idx], v[:, visible_idx]
         return call.attend(call.q, k, v)[rows].float()
 
-    def _through_inner(self, call, rows, inner, k0, v0, weight, vis, text_only):
+    def _through_inner(self, call, rows, inner, k0, v0, plan):
         """Rows whose (weight, visibility) pattern is binary, computed through call.attend, one call
-        per pattern. text_only: the pattern is visibility alone (OUTPUT's text attention).
-        Returns (result [b, Nq, HD] where done, done [Nq])."""
-        n_q = weight.shape[0]
-        parts = [] if text_only else [weight]
-        if vis is not None:
-            parts.append(vis)
+        per pattern. Returns (result [b, Nq, HD] where done, done [Nq])."""
         res = inner.clone()
-        if not parts:  # nothing to route: the text attention is the inner result itself
-            return res, torch.ones(n_q, dtype=torch.bool, device=weight.device)
-        rows_key = torch.cat(parts, dim=1)
-        binary = ((rows_key == 0) | (rows_key == 1)).all(dim=1)
-        done = torch.zeros(n_q, dtype=torch.bool, device=weight.device)
-        if not bool(binary.any()):
-            return res, done
-        patterns, inverse, counts = torch.unique(rows_key[binary], dim=0, return_inverse=True, return_counts=True)
-        binary_idx = binary.nonzero().view(-1)
-        n_tok = weight.shape[1]
-        for g in counts.argsort(descending=True)[:MAX_PATTERNS].tolist():
-            pattern = patterns[g]
-            members = binary_idx[inverse == g]
-            take_text = torch.ones(n_tok, dtype=torch.bool, device=weight.device) if text_only \
-                else pattern[:n_tok] > 0.5
-            visible = (pattern[-n_tok:] > 0.5) if vis is not None else None
-            if bool(take_text.all()) and (visible is None or bool(visible.all())):
-                pass  # exactly the call the host made: keep the inner result
-            else:
-                res[:, members] = self._attend_modified(call, rows, k0, v0, take_text, visible)[:, members]
-            done[members] = True
-        return res, done
+        for members, take_text, visible_idx, identity in plan.groups:
+            if identity:
+                continue  # exactly the call the host made: keep the inner result
+            res[:, members] = self._attend_modified(call, rows, k0, v0, take_text, visible_idx)[:, members]
+        return res, plan.done
 
-    def _compose(self, call, rows, inner, k0, v0, masks_flat):
+    def _compose(self, call, rows, inner, k0, v0, plan):
         """The modulated attention of the patched rows [b, Nq, HD] (fp32)."""
         q, k, v = call.q[rows], call.k[rows], call.v[rows]
         b, heads = len(rows), call.heads
-        weight, vis, pixel = self.token_masks(masks_flat, k.shape[1])
+        weight, vis, pixel = plan.weight, plan.vis, plan.pixel
         k0b, v0b = k0.expand(b, -1, -1), v0.expand(b, -1, -1)
         if self.mode is ModulationMode.LOGITS:
-            res, done = self._through_inner(call, rows, inner, k0, v0, weight, vis, text_only=False)
+            res, done = self._through_inner(call, rows, inner, k0, v0, plan)
             if not bool(done.all()):
                 # soft rows: our change as a delta on top of what the inner attention gave
                 ours = self._math(q, k, v, k0b, v0b, heads, weight, vis, pixel)
                 plain = apply_probs(scaled_scores(q, k, heads).softmax(dim=-1), v.float(), heads)
                 res[:, ~done] = inner[:, ~done] + (ours - plain)[:, ~done]
         else:
-            text, done = self._through_inner(call, rows, inner, k0, v0, weight, vis, text_only=True)
+            text, done = self._through_inner(call, rows, inner, k0, v0, plan)
             if not bool(done.all()):
                 p_t = (scaled_scores(q, k, heads) + torch.log(vis).view(1, 1, *vis.shape)).softmax(dim=-1)
                 ours = apply_probs(p_t, v.float(), heads)
@@ -343,14 +438,16 @@ class MaskModulation(AttentionController):
 
     def modify(self, call: AttentionCall) -> torch.Tensor:
         out = call.attend(call.q, call.k, call.v)
+        if self.strength == 0.0:
+            return out  # no effect: the inner result as it is
         chunks = self._patched_chunks(call)
         if not chunks:
             return out
         rows = torch.cat([torch.arange(call.q.shape[0], device=call.q.device)[sl] for _, sl in chunks])
         k0, v0 = self._empty_kv(call)
-        masks_flat = self._pixel_masks(call.height, call.width, call.q.device)
+        plan = self._row_plan(call.height, call.width, call.k.shape[1], call.q.device)
         inner = out[rows].float()
-        mod = self._compose(call, rows, inner, k0, v0, masks_flat)
+        mod = self._compose(call, rows, inner, k0, v0, plan)
         if self.strength != 1.0:
             mod = inner + self.strength * (mod - inner)
         out = out.clone()

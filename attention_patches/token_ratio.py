@@ -14,6 +14,9 @@ Ratios (per sample, per head; ``mask`` is the edit region on the layer's grid, f
 * token ratio  r(p) = mean_{k in word} A(p, k) / sum_j A(p, j);  act = mean_{p in M} r(p)
 * spatial ratio act = sum_{p in M} sum_{k in word} A(p, k) / sum_p sum_{k in word} A(p, k)
 
+M is the word's own mask when each edit word has one (the reference pairs every edit word with a
+mask file and reads ``masks[word[0][i]]`` for word i), else the one edit mask.
+
 The losses follow MAG-Edit's released code (HelenMao/MAG-Edit ``code_tr/network.py``), both
 averaged as (1/(L*W)) sum_words sum_layers mean_heads(term), L loss layers, W edit words:
 
@@ -100,23 +103,36 @@ def spatial_ratio(probs: torch.Tensor, mask: torch.Tensor, positions: Sequence[i
 RATIOS = {"token": token_ratio, "spatial": spatial_ratio}
 
 
-def layer_ratios(records, mask: torch.Tensor, words: Sequence[Sequence[int]], branch: int = 0,
+def word_masks_of(mask, words: Sequence[Sequence[int]]) -> list:
+    """One mask per word: ``mask`` is one mask for every word ([B or 1, H, W]) or a list/tuple with
+    one such mask per word (MAG-Edit's reference pairs each edit word with its own mask file)."""
+    if isinstance(mask, (list, tuple)):
+        if len(mask) != len(words):
+            raise ValueError(f"{len(mask)} word masks for {len(words)} words")
+        return list(mask)
+    return [mask] * len(words)
+
+
+def layer_ratios(records, mask, words: Sequence[Sequence[int]], branch: int = 0,
                  kind: str = "token"):
-    """act per recorded layer and word, [B, H] each, for the chunk of ``branch``."""
+    """act per recorded layer and word, [B, H] each, for the chunk of ``branch``. ``mask``: one
+    mask for every word, or one per word (:func:`word_masks_of`)."""
     fn = RATIOS[kind]
+    masks = word_masks_of(mask, words)
     acts = []
     for rec in records:
         if branch not in rec.branches:
             continue
         probs = rec.chunk(branch)
-        m = mask_on_grid(mask, rec.height, rec.width).to(probs.device)
-        acts += [fn(probs, m, positions) for positions in words]
+        for positions, word_mask in zip(words, masks):
+            m = mask_on_grid(word_mask, rec.height, rec.width).to(probs.device)
+            acts.append(fn(probs, m, positions))
     if not acts:
         raise RuntimeError("no cross-attention layer was recorded for the ratio")
     return acts
 
 
-def mean_ratio(records, mask: torch.Tensor, words: Sequence[Sequence[int]], branch: int = 0,
+def mean_ratio(records, mask, words: Sequence[Sequence[int]], branch: int = 0,
                kind: str = "token") -> torch.Tensor:
     """act averaged over heads, layers and words: [B]. (The loss uses :func:`ratio_loss`.)"""
     return torch.stack([a.mean(dim=1) for a in layer_ratios(records, mask, words, branch, kind)]).mean(dim=0)
@@ -128,9 +144,11 @@ RATIO_TERMS = {
 }
 
 
-def ratio_loss(records, mask: torch.Tensor, words: Sequence[Sequence[int]], branch: int = 0,
+def ratio_loss(records, mask, words: Sequence[Sequence[int]], branch: int = 0,
                kind: str = "token") -> torch.Tensor:
-    """(1/(L*W)) sum_words sum_layers mean_heads term(act), per sample: [B].
+    """(1/(L*W)) sum_words sum_layers mean_heads term(act), per sample: [B]. Word w's act is
+    measured inside its own mask when ``mask`` is a list with one mask per word (the reference's
+    ``masks[word[0][w]]``), else inside the one mask.
 
     ``kind="token"``: term = (1 - act)^2, MAG-Edit's ``compute_ca_TR``.
     ``kind="spatial"``: term = 3 - 4 act with act the spatial ratio, MAG-Edit's ``compute_ca_SR``

@@ -293,11 +293,26 @@ def plain_attention(q, k, v, heads=HEADS):
 
 
 def test_per_token_default_matches_camila_written_out():
-    """The shipped default (token sets given, no routing/mode argument) is CAMILA's per-token mask:
-    against the paper's equation written as a loop, two instructions, overlapping soft masks, through
-    the controller as a host calls it."""
+    """The shipped default (token sets given, no routing/mode/edges argument) is CAMILA's per-token
+    mask with binary masks (a cell is in a mask when the mask covers at least half of it; here the
+    masks are given at the layer's grid, so that is value >= 0.5): against the paper's equation
+    written as a loop, two instructions, overlapping masks, through the controller as a host calls it."""
     call, prompt, empty, (q, k, v, k0, v0) = layer_call()
     ctrl = MaskModulation(TWO_MASKS, empty, token_sets=TOKEN_SETS, special_tokens=SPECIAL, prompt_context=prompt)
+    got = ctrl(call)
+    binary = (TWO_MASKS >= 0.5).float().reshape(2, -1)
+    want = camila_loop(q, k, v, k0, v0, HEADS, binary, OWNER_OF).float()
+    # float64 loop vs fp32 attention of O(1) values over 12 tokens: 1e-5 (~100 fp32 ulps)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert ctrl.rows_through_inner == 16 and ctrl.rows_as_delta == 0  # every row an attention call
+
+
+def test_per_token_soft_edges_match_camila_written_out():
+    """The soft-edges option keeps the covered fraction: against the paper's equation written as a
+    loop with the soft values, through the controller as a host calls it."""
+    call, prompt, empty, (q, k, v, k0, v0) = layer_call()
+    ctrl = MaskModulation(TWO_MASKS, empty, token_sets=TOKEN_SETS, special_tokens=SPECIAL, prompt_context=prompt,
+                          edges="soft")
     got = ctrl(call)
     want = camila_loop(q, k, v, k0, v0, HEADS, TWO_MASKS.reshape(2, -1), OWNER_OF).float()
     # float64 loop vs fp32 softmax/matmul of O(1) values over 12 tokens (plus the delta path's
@@ -329,12 +344,13 @@ def test_per_token_differs_from_the_per_pixel_mask_where_instructions_differ():
 
 
 def test_single_mask_logits_and_output_match_written_out_references():
-    """One region for the whole prompt: M[p, j] = m(p) for every token by definition; LOGITS is the
-    equation written out, OUTPUT the blend of two attentions, and they agree where m is 0 or 1."""
+    """One region for the whole prompt, soft edges: M[p, j] = m(p) for every token by definition;
+    LOGITS is the equation written out, OUTPUT the blend of two attentions, and they agree where m
+    is 0 or 1 (so with binary masks, the default, they are the same)."""
     call, prompt, empty, (q, k, v, k0, v0) = layer_call(seed=7)
     m = MASK_0.reshape(-1)
-    logits = MaskModulation(MASK_0[None], empty, prompt_context=prompt, mode="logits")(call)
-    output = MaskModulation(MASK_0[None], empty, prompt_context=prompt, mode="output")(call)
+    logits = MaskModulation(MASK_0[None], empty, prompt_context=prompt, mode="logits", edges="soft")(call)
+    output = MaskModulation(MASK_0[None], empty, prompt_context=prompt, mode="output", edges="soft")(call)
     # float64 loops vs fp32 over 12 tokens, O(1) values: 1e-5 (~100 ulps)
     torch.testing.assert_close(logits, camila_loop(q, k, v, k0, v0, HEADS, m[None], [0] * TOKENS).float(),
                                atol=1e-5, rtol=1e-5)
@@ -361,14 +377,15 @@ class AdditivePack:
         return self.scale * plain_attention(q, k, v) + self.extra(q)
 
 
-@pytest.mark.parametrize("routing", list(TokenRouting))
-def test_another_packs_additive_term_survives_in_every_pixel(routing):
-    """Composition: with an inner attention out = attn + extra(q), the result is our modulated
-    attention plus the same extra everywhere: binary rows went through the inner attention on
-    modified keys/values, soft rows got our change as a delta on top of the inner result."""
+@pytest.mark.parametrize("routing", [TokenRouting.PER_TOKEN, TokenRouting.FOI])
+def test_another_packs_additive_term_survives_in_every_pixel_with_soft_edges(routing):
+    """Composition with soft edges: with an inner attention out = attn + extra(q), the result is our
+    modulated attention plus the same extra everywhere: binary rows went through the inner
+    attention on modified keys/values, soft rows got our change as a delta on top of the inner
+    result (exact for an additive pack; the soft-edges tooltip says so)."""
     pack = AdditivePack(extra=0.3)
     call, prompt, empty, (q, k, v, k0, v0) = layer_call(attend=pack)
-    kw = dict(token_sets=TOKEN_SETS, special_tokens=SPECIAL, prompt_context=prompt, routing=routing)
+    kw = dict(token_sets=TOKEN_SETS, special_tokens=SPECIAL, prompt_context=prompt, routing=routing, edges="soft")
     ours = MaskModulation(TWO_MASKS, empty, **kw).modulate(q, k, v, k0, v0, HEADS, TWO_MASKS.reshape(2, -1))
     both = MaskModulation(TWO_MASKS, empty, **kw)(call)
     assert pack.extra(q).abs().max() > 0.1
@@ -377,12 +394,12 @@ def test_another_packs_additive_term_survives_in_every_pixel(routing):
 
 
 def test_another_packs_scaling_applies_to_the_modulated_attention_on_binary_rows():
-    """out = 0.5 * attn inside: rows whose mask values are all 0/1 are exactly 0.5 * ours (the
-    other pack acted on our modified keys/values), soft rows keep the scaled inner result plus
-    our change."""
+    """Soft edges, out = 0.5 * attn inside: rows whose mask values are all 0/1 are exactly
+    0.5 * ours (the other pack acted on our modified keys/values), soft rows keep the scaled inner
+    result plus our change (the approximation the binary default removes)."""
     pack = AdditivePack(scale=0.5)
     call, prompt, empty, (q, k, v, k0, v0) = layer_call(attend=pack)
-    kw = dict(token_sets=TOKEN_SETS, special_tokens=SPECIAL, prompt_context=prompt)
+    kw = dict(token_sets=TOKEN_SETS, special_tokens=SPECIAL, prompt_context=prompt, edges="soft")
     flat = TWO_MASKS.reshape(2, -1)
     ours = MaskModulation(TWO_MASKS, empty, **kw).modulate(q, k, v, k0, v0, HEADS, flat)
     both = MaskModulation(TWO_MASKS, empty, **kw)(call)

@@ -25,31 +25,33 @@ def loop_reference(q, k, v, seg_of_text, masks, layout, refs_follow):
     seg_of_text[i]: segment of text token i (0 = image-only, k = instruction k, -1 = shared);
     masks [K, H, W] at 2x the token grid (each token cell is 2x2 mask pixels);
     refs_follow[r]: whether reference grid r follows the masks (it has the image's grid).
+    A cell belongs to every mask covering at least half of it and sees the segments of all of
+    them (as the SD path's pixel in two masks sees both instructions); a cell in no mask sees S0.
     """
     B, H, L, D = q.shape
     h, w = layout.image_hw
 
     def group_of_cell(ch, cw, hh, ww):
-        best, best_k = 0.0, 0
+        covering = set()
         for kk in range(masks.shape[0]):
             m = masks[kk]
             sh, sw = m.shape[0] // hh, m.shape[1] // ww
             cover = sum(float(m[ch * sh + a, cw * sw + b]) for a in range(sh) for b in range(sw)) / (sh * sw)
-            if cover >= 0.5 and cover > best:
-                best, best_k = cover, kk + 1
-        return best_k
+            if cover >= 0.5:
+                covering.add(kk + 1)
+        return frozenset(covering)
 
-    group = []  # group of each query; "P" for the shared part
+    group = []  # instructions each query sees (frozenset; empty = the image-only S0); "P" = shared
     for i in range(layout.text):
         s = seg_of_text[i % len(seg_of_text)]
-        group.append("P" if s == -1 else s)
+        group.append("P" if s == -1 else frozenset({s}) - {0})
     for ch in range(h):
         for cw in range(w):
             group.append(group_of_cell(ch, cw, h, w))
     for r, (rh, rw) in enumerate(layout.refs_hw):
         for ch in range(rh):
             for cw in range(rw):
-                group.append(group_of_cell(ch, cw, rh, rw) if refs_follow[r] else 0)
+                group.append(group_of_cell(ch, cw, rh, rw) if refs_follow[r] else frozenset())
 
     def sees(gq, j):
         if j >= layout.text:          # every image / reference key
@@ -57,7 +59,9 @@ def loop_reference(q, k, v, seg_of_text, masks, layout, refs_follow):
         s = seg_of_text[j % len(seg_of_text)]
         if s == -1:                   # the shared part is seen by everyone
             return True
-        return gq != "P" and s == gq  # a segment only by its own group
+        if gq == "P":                 # shared queries see no segment
+            return False
+        return s in gq if s >= 1 else not gq  # S0 only by queries in no mask
 
     out = torch.zeros(B, H, L, D, dtype=torch.float64)
     scale = 1.0 / math.sqrt(D)
@@ -74,7 +78,8 @@ def loop_reference(q, k, v, seg_of_text, masks, layout, refs_follow):
     return out.float(), group
 
 
-def setup(shared=2, seg_lengths=(3, 2, 4), image_hw=(3, 4), refs_hw=((3, 4),), B=2, H=2, D=8, repeat=1, seed=0):
+def setup(shared=2, seg_lengths=(3, 2, 4), image_hw=(3, 4), refs_hw=((3, 4),), B=2, H=2, D=8, repeat=1, seed=0,
+          overlap=False):
     segments = TextSegments.from_lengths(shared, list(seg_lengths))
     seg_of_text = [-1] * shared + [g for g, n in enumerate(seg_lengths) for _ in range(n)]
     layout = TokenLayout(text=segments.length * repeat, image_hw=image_hw, refs_hw=tuple(refs_hw))
@@ -87,6 +92,9 @@ def setup(shared=2, seg_lengths=(3, 2, 4), image_hw=(3, 4), refs_hw=((3, 4),), B
     if K > 1:
         masks[1, mh // 2:, mw // 2:] = 1.0          # bottom-right block
         masks[1, 0, mw - 1] = 1.0                   # a quarter of one cell: below half, stays outside
+        if overlap:                                 # mask 2 also covers the top-left block's bottom row
+            masks[1, mh // 2 - 2:mh // 2, : mw // 2] = 1.0
+            masks[0, mh // 2 - 2:mh // 2 - 1, mw // 2:] = 1.0   # and mask 1 half of some of mask 2's cells
     return segments, seg_of_text, layout, q, k, v, masks
 
 
@@ -101,12 +109,15 @@ def attend_bld(q, k, v):
     {"shared": 0, "seg_lengths": (2, 3)},                   # no shared part, one instruction
     {"image_hw": (2, 5), "refs_hw": ((2, 5), (3, 3))},      # non-square; a second reference of another size
     {"B": 1, "repeat": 2},                                  # text repeated to a batch's common length
+    {"overlap": True},                                      # cells in both masks see both instructions
 ])
 def test_split_equals_the_rule_and_the_dense_reference(case):
     segments, seg_of_text, layout, q, k, v, masks = setup(**case)
     refs_follow = [tuple(hw) == tuple(layout.image_hw) for hw in layout.refs_hw]
     expected, group = loop_reference(q, k, v, seg_of_text, masks, layout, refs_follow)
     assert len({g for g in group if g != "P"}) >= 2  # the case really has several groups
+    if case.get("overlap"):
+        assert frozenset({1, 2}) in group[layout.text:]  # ... and cells in two masks
 
     groups = build_groups(segments, layout, masks)
     split = grouped_attention(attend_bld, q, k, v, groups)
@@ -151,8 +162,8 @@ def test_outside_queries_never_depend_on_instruction_tokens():
     after = grouped_attention(sdpa, q, k2, v2, groups)
     _, group = loop_reference(q[:1, :1], k[:1, :1], v[:1, :1], seg_of_text, masks, layout,
                               [True] * len(layout.refs_hw))
-    outside = [i for i in range(layout.total) if group[i] in (0, "P")]
-    inside = [i for i in range(layout.text, layout.total) if group[i] not in (0, "P")]
+    outside = [i for i in range(layout.total) if group[i] in (frozenset(), "P")]
+    inside = [i for i in range(layout.text, layout.total) if group[i] not in (frozenset(), "P")]
     assert outside and inside
     # outside queries attend over exactly the same keys and values: bit-identical by construction
     assert torch.equal(before[:, :, outside], after[:, :, outside])
@@ -195,3 +206,49 @@ def test_offsets_must_match_the_segments():
         TextSegments.from_lengths(2, [3, 4], [2])
     with pytest.raises(ValueError, match="offset"):
         TextSegments.from_lengths(2, [3, 4], [2, -1])
+
+
+def test_overlapping_masks_sd_and_dit_agree():
+    """Where two masks overlap, a pixel sees both instructions on the DiT path (both segments) and
+    on the SD path (per-token: both instructions' words from the prompt; per-segment: both
+    segments), each compared with the rule written out: a cell belongs to every mask covering at
+    least half of it."""
+    from contextedit.attention_patches import MaskModulation
+
+    masks = torch.zeros(2, 8, 8)           # a 4x4 grid of 2x2 cells
+    masks[0, :, :5] = 1.0                  # columns 0-4: grid columns 0-1 in, column 2 half (in)
+    masks[1, :, 4:] = 1.0                  # columns 4-7: grid column 2 in, columns 2-3
+    masks[1, 6:, :] = 1.0                  # and the bottom grid row everywhere
+    rule = []
+    for cy in range(4):
+        for cx in range(4):
+            rule.append({k + 1 for k in range(2)
+                         if float(masks[k, 2 * cy:2 * cy + 2, 2 * cx:2 * cx + 2].mean()) >= 0.5})
+    assert {1, 2} in rule and {1} in rule and {2} in rule
+
+    # DiT: which instruction segments each image token's group sees
+    segments = TextSegments.from_lengths(0, [2, 3, 3])     # S0, S1, S2
+    layout = TokenLayout(text=segments.length, image_hw=(4, 4))
+    owner = segments.token_owner()
+    dit = [None] * 16
+    for grp in build_groups(segments, layout, masks):
+        seen = {int(owner[j]) for j in grp.text_keys} - {0, -1}
+        for i in grp.queries.tolist():
+            if i >= layout.text:
+                dit[i - layout.text] = seen
+    assert dit == rule
+
+    # SD per-token: the instructions whose words take the prompt's keys (M = 1) at each pixel
+    sets = [[1, 2], [3, 4, 5]]
+    empty = torch.zeros(1, 8, 4)
+    ctrl = MaskModulation(masks, empty, token_sets=sets, prompt_context=empty, special_tokens=[0, 6, 7])
+    flat = ctrl._pixel_masks(4, 4, "cpu")
+    weight, _, _ = ctrl.token_masks(flat, 8)
+    assert [{k + 1 for k in range(2) if bool((weight[p, sets[k]] == 1).all())} for p in range(16)] == rule
+
+    # SD per-segment: the segments each pixel attends to
+    seg_sets = [list(range(0, 4)), list(range(4, 8))]
+    ctrl = MaskModulation(masks, torch.zeros(1, 4, 4), token_sets=seg_sets, routing="per-segment",
+                          prompt_context=torch.zeros(1, 8, 4))
+    _, vis, _ = ctrl.token_masks(ctrl._pixel_masks(4, 4, "cpu"), 8)
+    assert [{k + 1 for k in range(2) if bool((vis[p, seg_sets[k]] == 1).all())} for p in range(16)] == rule

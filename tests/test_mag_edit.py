@@ -71,26 +71,29 @@ def _reference_mag_losses(layers, mask, words):
     """MAG-Edit's two constraints written out from the reference code (HelenMao/MAG-Edit
     code_tr/network.py ``compute_ca_TR`` / ``compute_ca_SR``) as plain loops, per sample.
 
-    ``layers``: [(probs [B, H, h*w, T], h, w)]; ``mask``: [B, S, S] at image resolution, reduced to
-    each layer's grid by nearest neighbour (grid cell (y, x) reads mask pixel (floor(y*S/h),
-    floor(x*S/w))) and binarised with != 0.
+    ``layers``: [(probs [B, H, h*w, T], h, w)]; ``mask``: [B, S, S] at image resolution, or a list
+    with one such mask per edit word (the reference reads word i's mask as
+    ``masks[word[0][i]]``, the mask file paired with the word), reduced to each layer's grid by
+    nearest neighbour (grid cell (y, x) reads mask pixel (floor(y*S/h), floor(x*S/w))) and
+    binarised with != 0.
     TR: act_h = 1/|M| sum_{p in M} (mean_{k in word} A_h(p,k)) / sum_j A_h(p,j); term mean_h (1-act_h)^2.
     SR: act_h = sum_{p in M} sum_{k in word} A_h(p,k) / sum_p sum_{k in word} A_h(p,k); term mean_h (3-4 act_h).
     Both: sum over words and layers, divided by (#words * #layers)."""
-    n_samples, size = mask.shape[0], mask.shape[-1]
+    masks = list(mask) if isinstance(mask, (list, tuple)) else [mask] * len(words)
+    n_samples, size = masks[0].shape[0], masks[0].shape[-1]
     out = {"token": [], "spatial": []}
     for b in range(n_samples):
         total = {"token": 0.0, "spatial": 0.0}
         for probs, h, w in layers:
             heads, tokens = probs.shape[1], probs.shape[3]
-            for word in words:
+            for word, word_mask in zip(words, masks):
                 tr_terms, sr_terms = [], []
                 for head in range(heads):
                     tr_sum, n_in, sr_in, sr_all = 0.0, 0, 0.0, 0.0
                     for y in range(h):
                         for x in range(w):
                             p = y * w + x
-                            inside = float(mask[b, math.floor(y * size / h), math.floor(x * size / w)]) != 0
+                            inside = float(word_mask[b, math.floor(y * size / h), math.floor(x * size / w)]) != 0
                             word_sum = sum(float(probs[b, head, p, k]) for k in word)
                             row_sum = sum(float(probs[b, head, p, j]) for j in range(tokens))
                             sr_all += word_sum
@@ -129,6 +132,29 @@ def test_ratio_losses_match_mag_edits_reference_functions():
             assert float(got[b]) == pytest.approx(ref[kind][b], rel=1e-5), (kind, b)
     # the two forms differ, so the check above can tell them apart
     assert abs(ref["spatial"][0] - ref["token"][0]) > 0.1
+
+
+def test_each_edit_word_is_scored_in_its_own_mask():
+    """MAG-Edit's reference pairs every edit word with its own mask (``word[0][i]`` is word i's mask
+    file; compute_ca_TR / compute_ca_SR read ``masks[word[0][i]]``): ratio_loss given one mask per
+    word equals the reference loops, and differs from scoring both words in one mask."""
+    g = torch.Generator().manual_seed(12)
+    layers = [(torch.rand(2, 3, 16, 6, generator=g).softmax(-1), 4, 4),
+              (torch.rand(2, 3, 4, 6, generator=g).softmax(-1), 2, 2)]
+    words = [[1, 2], [4]]
+    first, second = torch.zeros(1, 8, 8), torch.zeros(1, 8, 8)
+    first[:, :4, :4] = 1.0           # word 1: the top-left quarter
+    second[:, 4:, :] = 1.0           # word 2: the bottom half
+    records = [ProbeRecord(("mid", i), [0], h, w, probs) for i, (probs, h, w) in enumerate(layers)]
+    ref = _reference_mag_losses(layers, [first.expand(2, -1, -1), second.expand(2, -1, -1)], words)
+    shared = _reference_mag_losses(layers, first.expand(2, -1, -1), words)
+    for kind in ("token", "spatial"):
+        got = ratio_loss(records, [first, second], words, kind=kind)
+        for b in range(2):
+            # fp32 sums of <= 16 * 6 softmax values, a few divisions, against float64 loops: 1e-5 relative
+            assert float(got[b]) == pytest.approx(ref[kind][b], rel=1e-5), (kind, b)
+        # the per-word masks matter: far above rounding
+        assert abs(ref[kind][0] - shared[kind][0]) > 1e-3, kind
 
 
 def test_prompt_alignment_and_edit_words(env):
@@ -178,6 +204,30 @@ def test_mag_raises_the_edit_token_ratio(env, name):
     for i in range(n_opt):
         assert some.history[i].ratio_after > none.history[i].ratio_after
     assert some.map_before.shape == some.map_after.shape == (1, 4, 4)
+
+
+def test_one_mask_per_edit_word_scores_each_word_in_its_own_mask(env):
+    """Word masks equal to the edit mask change nothing (bit-identical); different word masks
+    change the optimised latent, and only inside the edit region (the update is masked)."""
+    den, _, _, x0, mask = env
+    p = prompts(env, edit_words="black, dog")
+    assert len(p.edit_positions) == 2
+    config = small("fast", ratio_target=None)
+    base = mag_edit(den, x0, mask, p, config)
+    same = mag_edit(den, x0, mask, p, config, word_masks=mask.repeat(2, 1, 1))
+    assert torch.equal(same.latent, base.latent)
+    left, right = mask.clone(), mask.clone()
+    left[:, :, 64:] = 0.0
+    right[:, :, :64] = 0.0
+    split = mag_edit(den, x0, mask, p, config, word_masks=torch.cat([left, right]))
+    assert not torch.equal(split.latent, base.latent)
+    _, blend = latent_masks(mask, 16, 16, config.blend_dilation)
+    outside = blend[0, 0] == 0
+    # outside the dilated edit region both runs take the same reconstruction: bit-identical
+    assert torch.equal(split.latent[..., outside], base.latent[..., outside])
+    with pytest.raises(InputError) as e:
+        mag_edit(den, x0, mask, p, config, word_masks=mask.repeat(3, 1, 1))
+    assert e.value.input_name == "mask"
 
 
 def test_constraint_chooses_the_optimised_terms(env):

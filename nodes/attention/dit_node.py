@@ -156,11 +156,16 @@ def qwen_edit_encoder(clip, image):
 
 
 def patch_dit_model(model, clip, masks, prompt, plan, routing, start_percent, end_percent, strength, apply_to,
-                    image=None, dit_blocks=""):
+                    image=None, dit_blocks="", mask_edges="binary"):
     """(patched MODEL clone, positive CONDITIONING, prompt text) for a FLUX.1 / Qwen-Image model.
     ``image`` (Qwen-Image only): the picture the text encoder reads with every segment.
-    ``dit_blocks``: which joint-attention blocks are confined (:func:`parse_dit_blocks`)."""
+    ``dit_blocks``: which joint-attention blocks are confined (:func:`parse_dit_blocks`).
+    Every routing but 'whole prompt' is the per-segment confinement here (the instructions are
+    always encoded apart); ``mask_edges`` does not apply (a token is in a mask or not)."""
     family = dit_family(model)
+    if mask_edges and mask_edges != "binary":
+        log.info("ContextEdit Attention Mask: mask_edges '%s' applies to SD models only; FLUX.1 / Qwen-Image tokens "
+                 "belong to a mask covering at least half of them.", mask_edges)
     blocks = parse_dit_blocks(dit_blocks, joint_block_counts(model, family))
     if image is not None and family != QWEN_IMAGE:
         log.info("ContextEdit Attention Mask: 'image' is used only with Qwen-Image(-Edit) (its text encoder reads "

@@ -18,8 +18,8 @@ from ..executability.plan import as_plan_list
 from ..masks.token_broadcaster import clip_encoder, clip_tokenizer, locate_phrases
 from . import heatmap
 from .dit_node import dit_family, patch_dit_model
-from .mask_patch import (BRANCH_CHOICES, ROUTINGS, build_mask_modulation, instructions_from, parse_downscales,
-                         split_prompt)
+from .mask_patch import (BRANCH_CHOICES, DEFAULT_MASK_EDGES, DEFAULT_ROUTING, MASK_EDGES, ROUTING_SEGMENT, ROUTINGS,
+                         build_mask_modulation, instructions_from, parse_downscales, split_prompt)
 
 EditPlan = io.Custom("EDIT_PLAN")
 CATEGORY = "ContextEdit/attention"
@@ -45,9 +45,11 @@ class AttentionMask(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "CAMILA cross-attention mask modulation: in the chosen UNet layers the prompt only acts inside "
-                "the masks; everywhere else the model attends to the empty prompt (image-only conditioning), so "
-                "unmasked regions stay as they are. With several instructions each word follows its own "
-                "instruction's mask (CAMILA's per-token mask; FoI's routing is an option). Wraps other packs' "
+                "the masks (binary at each layer's grid: a cell is in a mask when the mask covers at least half "
+                "of it); everywhere else the model attends to the empty prompt (image-only conditioning), so "
+                "unmasked regions stay as they are. With several instructions each is encoded on its own and "
+                "pixels in its mask attend only to it (CAMILA's per-token mask and FoI's routing are options). "
+                "Instructions a connected plan marks [NEG] are not encoded at all. Wraps other packs' "
                 "attention patches. Works with KSampler, cfg 1 and InstructPix2Pix DualCFGGuider. On FLUX.1 "
                 "(Kontext) and Qwen-Image(-Edit), detected from the model, it confines each separately encoded "
                 "instruction to its mask in every joint-attention block (or those named in dit_blocks)."
@@ -59,9 +61,9 @@ class AttentionMask(io.ComfyNode):
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="Edit instructions, one per line (or separated by ';'). Leave empty when a plan is connected. Encode the same text for sampling (or use this node's conditioning output)."),
                 io.Combo.Input("mode", options=[m.value for m in ModulationMode], default=ModulationMode.LOGITS.value,
-                               tooltip="SD only. logits: CAMILA's softmax((X*M + Y*(1-M))/sqrt(d)), values mixed the same way; output: M*Attn(text) + (1-M)*Attn(empty) per pixel (needs FoI or whole-prompt routing when there are several instructions). Identical for hard masks; they differ on soft mask edges."),
-                io.Combo.Input("routing", options=list(ROUTINGS), default=ROUTINGS[0],
-                               tooltip="per token (CAMILA): M[pixel, word] is the mask of the word's instruction, so a pixel in mask 1 uses the prompt for instruction 1's words and the empty prompt for instruction 2's; start/end/padding tokens follow the union of the masks. per instruction (FoI): pixels in mask k attend only to start/end tokens and instruction k's words. whole prompt: every word follows the union of the masks."),
+                               tooltip="SD only; matters only with mask_edges 'soft' (with binary masks both are the same attention). logits: CAMILA's softmax((X*M + Y*(1-M))/sqrt(d)), values mixed the same way; output: M*Attn(text) + (1-M)*Attn(empty) per pixel (needs FoI or whole-prompt routing when there are several instructions)."),
+                io.Combo.Input("routing", options=list(ROUTINGS), default=DEFAULT_ROUTING,
+                               tooltip="per segment (encoded apart, the default): each instruction is encoded on its own (its own start/end/padding) and pixels in mask k attend only to instruction k's encoding, outside every mask to the empty prompt, so instructions cannot hear each other (use this node's positive output). per token (CAMILA): M[pixel, word] is the mask of the word's instruction, so a pixel in mask 1 uses the prompt for instruction 1's words and the empty prompt for instruction 2's; start/end/padding tokens follow the union of the masks (CLIP is causal, so they carry every instruction into every mask). per instruction (FoI): pixels in mask k attend only to start/end tokens and instruction k's words. whole prompt: every word follows the union of the masks. A pixel in several masks sees all of their instructions."),
                 io.String.Input("resolutions", default="32",
                                 tooltip="SD only (FLUX.1 / Qwen-Image: see dit_blocks). Which layers to patch, as image downscale factors: 32 = the 16x16 layers at 512 px (CAMILA's choice); '16,32' adds the 32x32 layers. Chosen by resolution, so SDXL works too."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
@@ -73,11 +75,13 @@ class AttentionMask(io.ComfyNode):
                 io.Combo.Input("apply_to", options=list(BRANCH_CHOICES), default=list(BRANCH_CHOICES)[0],
                                tooltip="Which conditioning branch is the text branch. auto = the branch whose conditioning is this prompt's encoding (works with KSampler and DualCFGGuider)."),
                 EditPlan.Input("plan", optional=True,
-                               tooltip="Optional EDIT_PLAN: its instructions (non-executable ones dropped, with their masks) replace the prompt text."),
+                               tooltip="Optional EDIT_PLAN: its executable instructions replace the prompt text (the prompt is not encoded); [NEG] instructions are dropped with their masks and are in no token at all."),
                 io.Image.Input("image", optional=True,
                                tooltip="Qwen-Image-Edit only: the image being edited. Its text encoder (CLIPLoader type qwen_image) then reads the picture with every instruction, as TextEncodeQwenImageEditPlus does (one picture, its VL copy at ~384x384). Ignored for SD and FLUX models (noted in the log)."),
                 io.String.Input("dit_blocks", default="", optional=True,
                                 tooltip="FLUX.1 / Qwen-Image only: which joint-attention blocks are confined. Empty (or 'all') = every block. Comma-separated: 'double', 'single' (FLUX.1), 'double:0-9', 'single:3'. Qwen-Image's blocks are all 'double'. Ignored for SD models (use resolutions)."),
+                io.Combo.Input("mask_edges", options=list(MASK_EDGES), default=DEFAULT_MASK_EDGES, optional=True,
+                               tooltip="SD only (FLUX.1 / Qwen-Image tokens are always binary). binary (CAMILA's binary masks): at each patched layer's grid a cell is in a mask when the mask covers at least half of it; every pixel is then one attention call over modified keys/values, so another pack's attention patch on the same layers composes exactly, whatever it does. soft: cells on a mask's edge keep the covered fraction (0 < M < 1); there our change is added on top of the other pack's result, which is exact only for packs that add a term (IP-Adapter style), not for packs that scale or reshape the attention. Not with per-segment routing."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="A patched clone of the input model."),
@@ -89,7 +93,7 @@ class AttentionMask(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, masks, prompt, mode, routing, resolutions, start_percent, end_percent, strength,
-                apply_to, plan=None, image=None, dit_blocks="") -> io.NodeOutput:
+                apply_to, plan=None, image=None, dit_blocks="", mask_edges=DEFAULT_MASK_EDGES) -> io.NodeOutput:
         if clip is None or not hasattr(clip, "tokenize"):
             raise InputError("clip", "is not a CLIP.", "Connect the CLIP output of your checkpoint loader.")
         if plan is not None:
@@ -101,7 +105,7 @@ class AttentionMask(io.ComfyNode):
         if dit_family(model) is not None:  # FLUX.1 (Kontext) / Qwen-Image(-Edit): joint-attention confinement
             return io.NodeOutput(*patch_dit_model(model, clip, masks, prompt, plan, routing, start_percent,
                                                   end_percent, strength, apply_to, image=image,
-                                                  dit_blocks=dit_blocks))
+                                                  dit_blocks=dit_blocks, mask_edges=mask_edges))
         if image is not None:
             logging.info("ContextEdit Attention Mask: 'image' is used only with Qwen-Image(-Edit); ignored for this "
                          "SD model.")
@@ -121,10 +125,17 @@ class AttentionMask(io.ComfyNode):
         controller = build_mask_modulation(
             clip_tokenizer(clip), encode, spec, mode=mode, routing=routing, downscales=downscales,
             sigma_max=sigma_max, sigma_min=sigma_min, strength=strength, branch=apply_to,
+            mask_edges=mask_edges or DEFAULT_MASK_EDGES,
         )
         _check_model(model, controller.prompt_context.shape[-1])
         patched = install_controller(model, controller)
-        positive = clip.encode_from_tokens_scheduled(clip.tokenize(spec.prompt), show_pbar=False)
+        if routing == ROUTING_SEGMENT:
+            # the instructions' own encodings, concatenated; global vectors (SDXL's pooled output)
+            # from the empty prompt, so no instruction acts everywhere through them
+            extras = dict(clip.encode_from_tokens_scheduled(clip.tokenize(""), show_pbar=False)[0][1])
+            positive = [[controller.prompt_context, extras]]
+        else:
+            positive = clip.encode_from_tokens_scheduled(clip.tokenize(spec.prompt), show_pbar=False)
         return io.NodeOutput(patched, positive, spec.prompt)
 
 

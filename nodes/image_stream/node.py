@@ -52,7 +52,8 @@ class ImageStream(io.ComfyNode):
                 "The image tokens come from a plain IP-Adapter file (models/ipadapter) applied to a CLIP vision "
                 "embedding of the image. InsightEdit feeds a predicted target-image embedding from its MLLM (no "
                 "published weights); here the embedding is the CLIP vision embedding of the image you connect "
-                "(the source image keeps the background, a reference image steers the edit region). The term is "
+                "as a stand-in (the source image approximates the target's background, a reference image steers the "
+                "edit region). The term is "
                 "added to whatever the layer computes, so it stacks with Attention Mask and other packs' patches."
             ),
             inputs=[
@@ -60,7 +61,7 @@ class ImageStream(io.ComfyNode):
                 io.ClipVision.Input("clip_vision", tooltip="The CLIP vision model the IP-Adapter was trained with (ViT-H for ip-adapter_sd15 and ip-adapter_sdxl_vit-h, ViT-bigG for ip-adapter_sdxl), from Load CLIP Vision."),
                 io.Combo.Input("ipadapter", options=ipadapters, default=ipadapters[0],
                                tooltip="A plain IP-Adapter file in models/ipadapter (image_proj + ip_adapter.N.to_k_ip/to_v_ip): ip-adapter_sd15, _light, ip-adapter_sdxl(_vit-h). Plus / FaceID variants are not supported."),
-                io.Image.Input("image", tooltip="The image whose CLIP embedding feeds the image stream: the source image (background consistency, InsightEdit's use) or a reference for the edit. One image, or one per latent."),
+                io.Image.Input("image", tooltip="The image whose CLIP vision embedding feeds the image stream. InsightEdit feeds a predicted embedding of the target (edited) image, which its MLLM adapter (IAA, trained to match CLIP of the target image; weights not published) produces; here you connect a real image as a stand-in: the source image (its unchanged parts approximate the target's background) or a reference image of the wanted result. One image, or one per latent."),
                 io.Float.Input("weight", default=DEFAULT_LAMBDA, min=0.0, max=5.0, step=0.05,
                                tooltip="lambda: how strongly the image stream adds to cross-attention. 0 = unpatched; 1 = IP-Adapter's own scale."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,

@@ -9,6 +9,8 @@ Per sampling step i of the edit branch (notes/algorithms.md section 1):
    negative prompt), and the masked
    latent update z <- z - scale * sigma_t * grad_z, inside the mask only, on the
    variance-preserving latent z (as in the reference code). Only the latent gets a gradient.
+   Each edit word is scored inside its own mask when one is given per word (the reference pairs
+   every edit word with a mask file); the update and the blend use the edit region (the union).
 2. A classifier-free-guided DDIM step with P2P injection (cross-attention refine for common
    tokens while i < cross steps; self-attention structure at <= 1/16 resolution while
    i < self steps) on the text chunk.
@@ -165,14 +167,26 @@ def _precision(config: MagConfig, device) -> str:
 
 
 def mag_edit(denoiser, x0: torch.Tensor, mask: torch.Tensor, prompts: EditPrompts, config: MagConfig,
-             source: Optional[SourceBranch] = None, progress: Optional[Callable] = None) -> MagResult:
+             source: Optional[SourceBranch] = None, progress: Optional[Callable] = None,
+             word_masks: Optional[torch.Tensor] = None) -> MagResult:
     """Edit ``x0`` (sigma-parameterised latent [B, C, h, w]) inside ``mask``.
 
+    ``word_masks``: None (every edit word is scored inside ``mask``) or [W, H, W], one mask per
+    edit word in ``prompts.edit_positions`` order (MAG-Edit's reference scores word i inside its
+    own mask); ``mask`` stays the region that is updated and blended (the node passes the union).
     ``source``: a precomputed inversion (same prompts, schedule and capture windows); computed
     here when None. ``progress()`` is called once per unit of work (inversion and edit steps).
     Inputs are never modified.
     """
     mask = check_inputs(x0, mask)
+    score_masks = mask
+    if word_masks is not None:
+        if not torch.is_tensor(word_masks) or word_masks.dim() != 3 or \
+                word_masks.shape[0] != len(prompts.edit_positions):
+            raise InputError("mask", f"has {tuple(word_masks.shape) if torch.is_tensor(word_masks) else word_masks} "
+                             f"word masks for {len(prompts.edit_positions)} edit words.",
+                             "Give one mask per edit word, or one mask for all of them.")
+        score_masks = [check_inputs(x0, word_masks[i:i + 1]).to(x0.device) for i in range(word_masks.shape[0])]
     check_constraint(config.constraint)
     x0 = x0.detach().clone()
     mask = mask.to(x0.device)
@@ -202,7 +216,7 @@ def mag_edit(denoiser, x0: torch.Tensor, mask: torch.Tensor, prompts: EditPrompt
             log = StepLog(i, s_cur)
             if i < counts["optimize"]:
                 z, first_map = _optimise(denoiser, z, s_cur, prompts, upd_mask, mask, injection, loss_sel, config,
-                                         log, state)
+                                         log, state, score_masks)
                 if map_before is None:
                     map_before = first_map
             probe = CrossAttentionProbe(loss_sel, inner=injection)
@@ -211,8 +225,8 @@ def mag_edit(denoiser, x0: torch.Tensor, mask: torch.Tensor, prompts: EditPrompt
                               controller=probe)
                 z = z + (s_next - s_cur) * eps
             if probe.records:
-                log.ratio_after = float(mean_ratio(probe.records, mask, prompts.edit_positions).mean())
-                log.spatial_after = float(mean_ratio(probe.records, mask, prompts.edit_positions,
+                log.ratio_after = float(mean_ratio(probe.records, score_masks, prompts.edit_positions).mean())
+                log.spatial_after = float(mean_ratio(probe.records, score_masks, prompts.edit_positions,
                                                      kind="spatial").mean())
                 if i < counts["optimize"]:
                     map_after = word_share_map(probe.records, prompts.edit_positions)
@@ -224,8 +238,9 @@ def mag_edit(denoiser, x0: torch.Tensor, mask: torch.Tensor, prompts: EditPrompt
     return MagResult(z.detach(), source.latents[-1], source, history, map_before, map_after)
 
 
-def _optimise(denoiser, z, sigma, prompts, upd_mask, mask, injection, loss_sel, config, log, state):
-    """MAG's inner loop at one step; returns the updated latent and the first forward's word map."""
+def _optimise(denoiser, z, sigma, prompts, upd_mask, mask, injection, loss_sel, config, log, state, score_masks):
+    """MAG's inner loop at one step; returns the updated latent and the first forward's word map.
+    ``score_masks``: the mask every edit word is scored in, or a list with one per word."""
     b = z.shape[0]
     vp = 1.0 / (1.0 + sigma ** 2) ** 0.5
     # the negative forward also runs at scale 0, so its share is always reported
@@ -252,12 +267,12 @@ def _optimise(denoiser, z, sigma, prompts, upd_mask, mask, injection, loss_sel, 
             if state["loss_layers"] is None:
                 state["loss_layers"] = len(probe.records)
             loss = torch.zeros(b, device=z.device)
-            acts = {kind: mean_ratio(probe.records, mask, prompts.edit_positions, EDIT_BRANCH, kind)
+            acts = {kind: mean_ratio(probe.records, score_masks, prompts.edit_positions, EDIT_BRANCH, kind)
                     for kind in ("token", "spatial")}
             weights = {"token": config.token_ratio_weight, "spatial": config.spatial_ratio_weight}
             for kind in CONSTRAINTS[config.constraint]:
                 if weights[kind]:
-                    loss = loss + weights[kind] * ratio_loss(probe.records, mask, prompts.edit_positions,
+                    loss = loss + weights[kind] * ratio_loss(probe.records, score_masks, prompts.edit_positions,
                                                              EDIT_BRANCH, kind)
             # the early stop watches the optimised ratio(s): every one of them must reach the target
             act = torch.stack([acts[kind] for kind in CONSTRAINTS[config.constraint]]).min(dim=0).values

@@ -59,7 +59,7 @@ def check_latent(latent):
     return latent["samples"]
 
 
-def mask_for_latent(mask, latent_shape):
+def mask_for_latent(mask, latent_shape, what="mask"):
     """MASK [B, H, W] (or [H, W]) -> [B', lh, lw] in the latent's grid (area resize), refusing masks
     whose aspect ratio does not match the latent's (they belong to another image)."""
     if not torch.is_tensor(mask) or mask.dim() not in (2, 3):
@@ -77,9 +77,28 @@ def mask_for_latent(mask, latent_shape):
     if (mh, mw) != (lh, lw):
         m = F.interpolate(m.unsqueeze(1), size=(lh, lw), mode="area")[:, 0]
     if not bool((m > 0.5).any()):
-        raise InputError("mask", "is empty at the latent's resolution (nothing to edit).",
-                         "Paint the region to edit white (at least 8x8 image pixels).")
+        raise InputError("mask", f"{'' if what == 'mask' else what + ' '}is empty at the latent's resolution "
+                         "(nothing to edit).", "Paint the region to edit white (at least 8x8 image pixels).")
     return m
+
+
+def masks_for_words(mask, latent_shape, words):
+    """(edit region [B', lh, lw], word masks [W, lh, lw] or None) from the MASK input.
+
+    One mask (or one per latent): the region every edit word is scored in. As many masks as edit
+    words (more than one): mask i belongs to edit word i, as MAG-Edit's reference pairs each edit
+    word with its own mask; the region (update and blend) is their union."""
+    n = 1 if not torch.is_tensor(mask) or mask.dim() != 3 else mask.shape[0]
+    b = latent_shape[0]
+    if n > 1 and n == len(words):
+        per_word = torch.cat([mask_for_latent(mask[i:i + 1], latent_shape, f"mask {i + 1} (edit word '{w}')")
+                              for i, w in enumerate(words)])
+        return per_word.amax(dim=0, keepdim=True), per_word
+    if n not in (1, b):
+        raise InputError("mask", f"holds {n} masks, but there are {len(words)} edit words ({', '.join(words)}) and "
+                         f"{b} latents.", "Give one mask for every edit word, one mask per edit word (in edit_words "
+                         "order), or one per latent.")
+    return mask_for_latent(mask, latent_shape), None
 
 
 def attention_image(before, after, out_h, out_w):
@@ -156,7 +175,7 @@ class MagEdit(io.ComfyNode):
                 io.String.Input("target_prompt", multiline=True, default="",
                                 tooltip="The source prompt with the edit applied, e.g. 'a dog sitting on a bench'. Words not in the source prompt are the edit words unless edit_words names them."),
                 io.Latent.Input("latent", tooltip="The source image's latent (VAE Encode with the same checkpoint's VAE)."),
-                io.Mask.Input("mask", tooltip="Region to edit (white). The source image's size or any size with its aspect ratio; it is resized to the latent (8x8 pixel cells)."),
+                io.Mask.Input("mask", tooltip="Region to edit (white). The source image's size or any size with its aspect ratio; it is resized to the latent (8x8 pixel cells). A batch with one mask per edit word (in edit_words order, or the order the new words appear in the target prompt) scores each word inside its own mask, as MAG-Edit's reference pairs each edit word with its mask; the edit region is then their union."),
                 io.Combo.Input("preset", options=list(PRESETS), default="fast",
                                tooltip="paper: the paper's settings (50 steps, null-text inversion, 15 iterations on the first half of the steps; slow). fast: 30 steps, direct inversion, up to 4 iterations on the first third of the steps, stopping early once the edit words hold 80% of the attention in the mask."),
                 io.String.Input("edit_words", default="",
@@ -204,11 +223,11 @@ class MagEdit(io.ComfyNode):
         if clip is None or not hasattr(clip, "tokenize"):
             raise InputError("clip", "is not a CLIP.", "Connect the CLIP output of the same checkpoint loader.")
         samples_in = check_latent(latent)
-        mask_lat = mask_for_latent(mask, tuple(samples_in.shape))
         config = build_config(preset, steps, iterations, scale, optimize_until, blend_from, guidance, ratio_target,
                               constraint)
         prompts = prepare_prompts(clip_tokenizer(clip), clip_encoder(clip), source_prompt, target_prompt,
                                   edit_words, negative_words)
+        mask_lat, word_masks = masks_for_words(mask, tuple(samples_in.shape), prompts.edit_words)
         unet = model.get_model_object("diffusion_model")
         attn = next((m for n, m in unet.named_modules() if n.endswith("attn2")), None)
         if attn is not None and attn.to_k.weight.shape[1] != prompts.target_context.shape[-1]:
@@ -230,7 +249,8 @@ class MagEdit(io.ComfyNode):
             x0 = patcher.model.process_latent_in(samples_in.detach().clone().float()).to(device)
             m = mask_lat.clone()
             p = EditPrompts(**{k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in vars(prompts).items()})
-            result = mag_edit(den, x0, m, p, config, progress=progress)
+            wm = word_masks.clone() if word_masks is not None else None
+            result = mag_edit(den, x0, m, p, config, progress=progress, word_masks=wm)
             edited = patcher.model.process_latent_out(result.latent.detach().float()).cpu()
             edited = edited.to(samples_in.dtype)
             image = attention_image(result.map_before, result.map_after, samples_in.shape[-2] * 8,

@@ -37,6 +37,8 @@ def masks_lr(h=512, w=512):
 
 
 PROMPT = "make the hat red\nturn the dog into a cat"
+SEGMENT = "per segment (encoded apart)"
+PER_TOKEN = "per token (CAMILA)"
 
 
 def node_defaults(node):
@@ -47,7 +49,8 @@ def node_defaults(node):
 
 def patch(node, model, clip, masks, prompt=PROMPT, **kw):
     """Run the node with its shipped defaults, overridden only by ``kw``."""
-    options = ("mode", "routing", "resolutions", "start_percent", "end_percent", "strength", "apply_to")
+    options = ("mode", "routing", "resolutions", "start_percent", "end_percent", "strength", "apply_to",
+               "mask_edges")
     args = {k: v for k, v in node_defaults(node).items() if k in options}
     args.update(kw)
     out = node.AttentionMask.execute(model=model, clip=clip, masks=masks, prompt=prompt, **args)
@@ -126,28 +129,32 @@ def test_input_model_is_not_changed(sd15, node):
     assert {k: {kk: list(vv) for kk, vv in v.items()} for k, v in model.wrappers.items()} == before_wrappers
 
 
-def test_shipped_defaults_are_camilas_per_token_mask(sd15, node):
-    """The node and the shipped context-aware workflows use CAMILA's per-token mask (FoI's routing
-    is an option)."""
+def test_shipped_defaults_are_per_segment_routing_and_binary_masks(sd15, node):
+    """The node's defaults: per-segment routing (each instruction encoded alone, chosen by the
+    measurement in the README) and binary masks at each layer's grid; the shipped workflows with
+    an Attention Mask use binary masks too (their routing is set explicitly in each file)."""
     import json
     from pathlib import Path
 
     ap = __import__("contextedit.attention_patches", fromlist=["x"])
     defaults = node_defaults(node)
-    assert (defaults["mode"], defaults["routing"]) == ("logits", "per token (CAMILA)")
+    assert (defaults["mode"], defaults["routing"], defaults["mask_edges"]) == (
+        "logits", "per segment (encoded apart)", "binary")
     model, clip, _ = sd15
-    patched, _, _ = patch(node, model, clip, masks_lr())
+    patched, positive, _ = patch(node, model, clip, masks_lr())
     ctrl = controller_of(patched)
-    assert ctrl.routing is ap.TokenRouting.PER_TOKEN and len(ctrl.token_sets) == 2
+    assert ctrl.routing is ap.TokenRouting.PER_SEGMENT and len(ctrl.token_sets) == 2
+    assert ctrl.edges is ap.MaskEdges.BINARY
+    # the positive conditioning is each instruction encoded alone, concatenated
+    first, second = PROMPT.split("\n")
+    assert torch.equal(positive[0][0], torch.cat([encode(clip, first)[0][0], encode(clip, second)[0][0]], dim=1))
     root = Path(__file__).resolve().parents[2] / "workflows"
+    routings = routing_options(node)
     for name in ("context_aware_edit", "context_aware_edit_manual", "attention_mask_ip2p"):
         api = json.loads((root / "api" / f"{name}.json").read_text())
         nodes = [n for n in api.values() if n.get("class_type") == "ContextEditAttentionMask"]
-        assert nodes and all(n["inputs"]["routing"] == "per token (CAMILA)" for n in nodes), name
-        assert all(n["inputs"]["mode"] == "logits" for n in nodes), name
-        ui = json.loads((root / f"{name}.json").read_text())
-        widgets = [n["widgets_values"] for n in ui["nodes"] if n["type"] == "ContextEditAttentionMask"]
-        assert widgets and all("per token (CAMILA)" in w and "logits" in w for w in widgets), name
+        assert nodes and all(n["inputs"]["routing"] in routings for n in nodes), name
+        assert all(n["inputs"].get("mask_edges", "binary") == "binary" for n in nodes), name
 
 
 PATCHED_KEYS = [("input", 7), ("input", 8), ("output", 3), ("output", 4), ("output", 5)]  # 1/32 layers
@@ -207,22 +214,23 @@ def test_all_ones_mask_on_top_of_another_pack_equals_that_pack_alone(comfyui_roo
     assert controller_of(both).calls_modified > 0 and other.calls > 0
     out_alone = sample(comfyui_root, with_other(model, other), positive, negative, latent, 5.0)
     out_plain = sample(comfyui_root, model, positive, negative, latent, 5.0)
-    # the other pack's own effect is large (a scale of 0.5 in five layers)...
-    assert relative(out_alone, out_plain) > 0.01
+    # the other pack's own effect is large (a scale of 0.5 in five layers; measured 0.85% of these
+    # latents with the per-segment conditioning)...
+    assert relative(out_alone, out_plain) > 0.005
     # ...and with M = 1 our patch hands back the inner (other pack's) result as is, so the same fp32
     # graph runs; 1e-6 on O(1) latents leaves room only for summation-order noise, while losing
     # the other pack's effect in the patched layers shows as a percent-level difference
     torch.testing.assert_close(out_both, out_alone, atol=1e-6, rtol=0)
 
 
-def attention_outputs_at_input_7(comfyui_root, model, positive):
+def attention_outputs_at_input_7(comfyui_root, model, positive, latent_hw=(64, 64)):
     """The first patched layer's attention output (what goes into to_out) in one direct call."""
     adapter = pack_module(comfyui_root, "attention_patches.comfy_adapter")
     layer = adapter.attn2_layers(model.get_model_object("diffusion_model"))[("input", 7, 0)]
     seen = []
     handle = layer.to_out[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
     try:
-        direct_call(comfyui_root, model, positive)
+        direct_call(comfyui_root, model, positive, latent_hw=latent_hw)
     finally:
         handle.remove()
     return seen[0]
@@ -239,14 +247,15 @@ def two_soft_masks():
 
 @pytest.mark.parametrize("order", ["before", "after"])
 def test_partial_mask_and_an_additive_pack_both_act(comfyui_root, sd15, node, order):
-    """With a partial mask both effects are present: in the first patched layer (identical inputs
-    in every run) ours + an additive pack = ours alone + the pack's extra term at every pixel, and
-    the sampled latents differ from either patch alone."""
+    """With a partial mask and soft edges both effects are present: in the first patched layer
+    (identical inputs in every run) ours + an additive pack = ours alone + the pack's extra term at
+    every pixel, soft rows included (the delta path), and the sampled latents differ from either
+    patch alone. (With the binary default every row is exact for any pack: the test below.)"""
     model, clip, _ = sd15
     masks = two_soft_masks()
     other = OtherPack(extra=0.5)
-    both, positive = stacked(node, model, clip, masks, other, order)
-    ours_only, _, _ = patch(node, model, clip, masks)
+    both, positive = stacked(node, model, clip, masks, other, order, mask_edges="soft", routing=PER_TOKEN)
+    ours_only, _, _ = patch(node, model, clip, masks, mask_edges="soft", routing=PER_TOKEN)
     out_both = attention_outputs_at_input_7(comfyui_root, both, positive)
     extra = 0.5 * other.first_q
     other.first_q = None
@@ -356,7 +365,8 @@ def test_phrase_not_in_prompt_and_non_sd_model(sd15, node):
     spec.instructions = ["paint the sky"]
     mp = __import__("contextedit.nodes.attention.mask_patch", fromlist=["x"])
     with pytest.raises(errors.InputError, match="does not occur"):
-        mp.build_mask_modulation(broadcaster_of().clip_tokenizer(clip), broadcaster_of().clip_encoder(clip), spec)
+        mp.build_mask_modulation(broadcaster_of().clip_tokenizer(clip), broadcaster_of().clip_encoder(clip), spec,
+                                 routing=PER_TOKEN)   # the routings that locate each phrase in the prompt
 
     class NotSD:
         def get_model_object(self, name):
@@ -408,3 +418,233 @@ def test_attention_map_shows_the_patch(comfyui_root, sd15, node):
     assert not torch.allclose(masked[0, :, :56], zero_colour.expand_as(masked[0, :, :56]), atol=1e-3)
     assert not torch.allclose(plain[0, :, 84:], zero_colour.expand_as(plain[0, :, 84:]), atol=1e-3)
     assert torch.equal(latent["samples"], torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)))
+
+
+# ----------------------------------------------------------------------------- [NEG] instructions
+
+NEG_TEXTS = ("make the hat red\nturn the dog into a cat", "make the hat red\nturn the car into a boat")
+
+
+def neg_plan(text):
+    """CAMILA's verdict for a two-line prompt: line 1 [MASK], line 2 [NEG] (an all-black mask)."""
+    plan_mod = pack_module(None, "nodes.executability.plan")
+    first, second = text.split("\n")
+    return plan_mod.EditPlan(items=(plan_mod.EditItem(first, True),
+                                    plan_mod.EditItem(second, False, reason="there is no such thing")))
+
+
+def routing_options(node):
+    return next(i for i in node.AttentionMask.define_schema().inputs if i.id == "routing").options
+
+
+def test_a_neg_instruction_never_acts_in_any_routing(comfyui_root, sd15, node):
+    """CAMILA maps a [NEG] instruction to an all-black mask: no token carrying its words may act at
+    any pixel. With the prompt connected beside the plan, in every routing the node offers,
+    changing only the [NEG] instruction's words leaves the patched model's output bit-identical
+    (nothing of it is anywhere: words, CLIP's causal end/padding tokens, the conditioning), while
+    changing the executable instruction's words does change it."""
+    model, clip, _ = sd15
+    masks = masks_lr(128, 128)
+    for routing in routing_options(node):
+        texts = NEG_TEXTS + (("make the hat blue\nturn the dog into a cat",) if routing == PER_TOKEN else ())
+        outs = []
+        for text in texts:
+            patched, positive, _ = patch(node, model, clip, masks, prompt=text, plan=neg_plan(text), routing=routing)
+            outs.append(direct_call(comfyui_root, patched, positive, latent_hw=(16, 16)))
+        assert torch.equal(outs[0], outs[1]), (routing, float((outs[0] - outs[1]).abs().max()))
+        if len(outs) > 2:
+            # the executable instruction does act: a different word moves the output far above rounding
+            assert not torch.allclose(outs[0], outs[2], atol=1e-4), routing
+
+
+# ----------------------------------------------------------------------------- per-segment routing
+
+OTHER_SECOND = "make the hat red\nturn the car into a boat"   # PROMPT with only instruction 2 changed
+
+
+def first_layer_outputs(comfyui_root, node, model, clip, masks, routing, texts, seed=3):
+    """The controller of input 7 (a 1/32 layer, 4x4 at 128 px) on the SAME queries for each text:
+    keys/values are the layer's own projections of the node's positive conditioning."""
+    adapter = pack_module(comfyui_root, "attention_patches.comfy_adapter")
+    ctl = pack_module(comfyui_root, "attention_patches.controller")
+    layer = adapter.attn2_layers(model.get_model_object("diffusion_model"))[("input", 7, 0)]
+    q = torch.randn(1, 16, layer.to_q.weight.shape[0], generator=torch.Generator().manual_seed(seed))
+
+    def plain(q_, k_, v_, heads=8):
+        b, n, hd = q_.shape
+        qh, kh, vh = (t.reshape(b, -1, heads, hd // heads).transpose(1, 2) for t in (q_, k_, v_))
+        return torch.nn.functional.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(b, n, hd)
+
+    outs = []
+    for text in texts:
+        patched, positive, _ = patch(node, model, clip, masks, prompt=text, routing=routing)
+        ctx = positive[0][0]
+        with torch.no_grad():
+            call = ctl.AttentionCall(q=q, k=layer.to_k(ctx), v=layer.to_v(ctx), heads=8, is_cross=True, height=4,
+                                     width=4, latent_height=16, latent_width=16, place=("input", 7, 0),
+                                     branches=[0], attend=plain,
+                                     project_context=lambda c: (layer.to_k(c), layer.to_v(c)))
+            outs.append(controller_of(patched)(call))
+    return outs
+
+
+def test_per_segment_instruction_2_cannot_reach_mask_1_in_a_patched_layer(comfyui_root, sd15, node):
+    """Each instruction encoded alone (its own start/end/padding), pixels in mask k attending only
+    to segment k: in a patched layer, with the same queries, changing only instruction 2's text
+    leaves the output at the pixels of mask 1 bit-identical. Per-token routing cannot: CLIP is
+    causal, so the end/padding tokens of the joint prompt (following the union of the masks)
+    carry instruction 2 into mask 1."""
+    model, clip, _ = sd15
+    masks = masks_lr(128, 128)
+    in_first = torch.zeros(4, 4, dtype=torch.bool)
+    in_first[:, :2] = True                   # the left half of the 4x4 grid: mask 1 only
+    in_first = in_first.reshape(-1)
+    seg = first_layer_outputs(comfyui_root, node, model, clip, masks, SEGMENT, (PROMPT, OTHER_SECOND))
+    tok = first_layer_outputs(comfyui_root, node, model, clip, masks, PER_TOKEN, (PROMPT, OTHER_SECOND))
+    seg_change = float((seg[0] - seg[1])[:, in_first].abs().mean())
+    tok_change = float((tok[0] - tok[1])[:, in_first].abs().mean())
+    print(f"first patched layer, mask-1 change when instruction 2 changes: per token {tok_change:.4g}, "
+          f"per segment {seg_change:.4g}")
+    assert torch.equal(seg[0][:, in_first], seg[1][:, in_first])
+    assert tok_change > 1e-4      # per token: the end/padding tokens changed (far above rounding)
+    # and instruction 2 does act in its own mask under per-segment routing
+    assert not torch.allclose(seg[0][:, ~in_first], seg[1][:, ~in_first], atol=1e-4)
+
+
+def sampled_change_in_mask_1(comfyui_root, node, model, clip, routing, resolutions, steps=4):
+    """Mean |change| of the final latent inside mask 1 (left half) when only instruction 2 changes."""
+    masks = masks_lr(128, 128)
+    negative = encode(clip, "")
+    latent = torch.zeros(1, 4, 16, 16)
+    outs = []
+    for text in (PROMPT, OTHER_SECOND):
+        patched, positive, _ = patch(node, model, clip, masks, prompt=text, routing=routing, resolutions=resolutions)
+        outs.append(sample(comfyui_root, patched, positive, negative, latent, 5.0, steps=steps))
+    return float((outs[0] - outs[1])[..., :8].abs().mean()), float((outs[0] - outs[1])[..., 8:].abs().mean())
+
+
+@pytest.fixture(scope="module")
+def end_to_end_changes(comfyui_root, sd15, node):
+    """Every cross-attention layer patched, KSampler (cfg 5, 4 steps, 128 px): mean |change| of the
+    final latent inside mask 1 and mask 2 when only instruction 2 changes, per routing."""
+    model, clip, _ = sd15
+    every = "8,16,32,64"
+    out = {routing: sampled_change_in_mask_1(comfyui_root, node, model, clip, routing, every)
+           for routing in (PER_TOKEN, SEGMENT)}
+    (tok_in, tok_out), (seg_in, seg_out) = out[PER_TOKEN], out[SEGMENT]
+    print(f"every layer patched, final latent: mask-1 change per token {tok_in:.4g}, per segment {seg_in:.4g} "
+          f"(factor {tok_in / max(seg_in, 1e-12):.2f}); mask-2 change per token {tok_out:.4g}, per segment "
+          f"{seg_out:.4g}")
+    return out
+
+
+def test_per_segment_end_to_end_moves_mask_1_less_than_per_token(end_to_end_changes):
+    """End to end per-segment routing moves mask 1 less than per-token routing (measured 1.63x:
+    1.88 vs 3.07 on the tiny random SD1.5) while instruction 2 still edits its own mask."""
+    (tok_in, _), (seg_in, seg_out) = end_to_end_changes[PER_TOKEN], end_to_end_changes[SEGMENT]
+    # 1.25x: a margin below the measured 1.63x that no rounding-level difference could reach
+    assert seg_in * 1.25 <= tok_in, (tok_in, seg_in)
+    assert seg_out > 2 * seg_in, (seg_out, seg_in)   # measured 2.8x: instruction 2 acts in its own mask
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 22's 10x goal is not met on the tiny random-weight SD1.5: per-segment routing keeps every "
+    "patched cross-attention at mask-1 pixels bit-identical (the layer test above), but self-attention "
+    "and convolutions carry mask 2's change into mask 1 (one Euler step already gives 1.57x, four 1.63x)"))
+def test_per_segment_end_to_end_moves_mask_1_10x_less_than_per_token(end_to_end_changes):
+    """Issue 22 §3's end-to-end goal: at least 10x less change inside mask 1 than per-token routing."""
+    (tok_in, _), (seg_in, _) = end_to_end_changes[PER_TOKEN], end_to_end_changes[SEGMENT]
+    assert seg_in * 10 <= tok_in, (tok_in, seg_in)
+
+
+# ----------------------------------------------------------------------------- binary masks compose exactly
+
+
+class TemperaturePack(OtherPack):
+    """Another pack's attn2 replace: softmax temperature 2 (logits doubled), written out per head."""
+
+    def __init__(self):
+        super().__init__()
+
+    def __call__(self, q, k, v, extra_options, **kw):
+        self.calls += 1
+        if self.first_q is None and tuple(extra_options.get("block", ())) == ("input", 7):
+            self.first_q = q.detach().clone()
+        heads = extra_options["n_heads"]
+        b, n, hd = q.shape
+        qh, kh, vh = (t.reshape(b, -1, heads, hd // heads).transpose(1, 2) for t in (q, k, v))
+        probs = (2.0 * (qh @ kh.transpose(-1, -2)) / (hd // heads) ** 0.5).softmax(dim=-1)
+        return (probs @ vh).transpose(1, 2).reshape(b, n, hd)
+
+
+def soft_edged_masks_128():
+    """128 px, a 4x4 grid of 32 px cells at the 1/32 layers: mask 1 covers grid column 1 by 3/4 and
+    column 2 by 1/8 (in, out), mask 2 covers grid row 1 of the right half by 1/2 (in)."""
+    m = torch.zeros(2, 128, 128)
+    m[0, :, :60] = 1.0
+    m[0, :, 60:68] = 1.0
+    m[1, :48, 64:] = 1.0
+    return m
+
+
+def cells_of(mask, grid=4):
+    """Per the rule: cell (y, x) belongs to the mask when the mask covers at least half of it."""
+    size = mask.shape[-1] // grid
+    return [float(mask[y * size:(y + 1) * size, x * size:(x + 1) * size].sum()) / size ** 2 >= 0.5
+            for y in range(grid) for x in range(grid)]
+
+
+@pytest.mark.parametrize("routing", [PER_TOKEN, SEGMENT])
+@pytest.mark.parametrize("pack_kind", ["scaling", "temperature"])
+def test_default_binary_masks_compose_exactly_with_a_scaling_and_a_temperature_pack(comfyui_root, sd15, node,
+                                                                                     routing, pack_kind):
+    """Node defaults (binary masks at each layer's grid) under another pack's attn2 replace: at the
+    first patched layer every pixel row equals that pack's replace applied to our modified keys and
+    values, written out row by row from the rule (per token: token j from the prompt where its
+    instruction's mask -- the union for start/end/padding -- covers the cell, else from the empty
+    prompt; per segment: the segments of the masks covering the cell, else the empty prompt)."""
+    model, clip, _ = sd15
+    adapter = pack_module(comfyui_root, "attention_patches.comfy_adapter")
+    other = OtherPack(scale=0.5) if pack_kind == "scaling" else TemperaturePack()
+    masks = soft_edged_masks_128()
+    both, positive = stacked(node, model, clip, masks, other, "before", routing=routing)
+    got = attention_outputs_at_input_7(comfyui_root, both, positive, latent_hw=(16, 16))   # 128 px: 4x4 at 1/32
+    q = other.first_q
+    layer = adapter.attn2_layers(model.get_model_object("diffusion_model"))[("input", 7, 0)]
+    first, second = PROMPT.split("\n")
+    empty = encode(clip, "")[0][0]
+    member = [cells_of(masks[0]), cells_of(masks[1])]
+    assert any(member[0]) and any(member[1]) and not all(a or b for a, b in zip(*member))
+    with torch.no_grad():
+        k0, v0 = layer.to_k(empty)[0], layer.to_v(empty)[0]
+        if routing == PER_TOKEN:
+            def words(text):  # CLIP's content tokens: all but start (49406) and end/padding (49407)
+                return [int(t[0]) for t in clip.tokenize(text)["l"][0] if int(t[0]) not in (49406, 49407)]
+
+            tokens = [int(t[0]) for t in clip.tokenize(PROMPT)["l"][0]]
+            n1, n2 = len(words(first)), len(words(second))
+            assert tokens[1:1 + n1 + n2] == words(first) + words(second)   # start, instruction 1, 2, end...
+            owner = [None] + [0] * n1 + [1] * n2 + [None] * (len(tokens) - 1 - n1 - n2)
+            kt, vt = layer.to_k(positive[0][0])[0], layer.to_v(positive[0][0])[0]
+        else:
+            segs = [encode(clip, t)[0][0] for t in (first, second)]
+            seg_kv = [(layer.to_k(s)[0], layer.to_v(s)[0]) for s in segs]
+        rows = []
+        for p in range(16):
+            inside = [member[0][p], member[1][p]]
+            if routing == PER_TOKEN:
+                take = [any(inside) if o is None else inside[o] for o in owner]
+                k = torch.stack([kt[j] if take[j] else k0[j] for j in range(len(owner))])
+                v = torch.stack([vt[j] if take[j] else v0[j] for j in range(len(owner))])
+            elif any(inside):
+                k = torch.cat([seg_kv[i][0] for i in range(2) if inside[i]])
+                v = torch.cat([seg_kv[i][1] for i in range(2) if inside[i]])
+            else:
+                k, v = k0, v0
+            rows.append(other(q[:, p:p + 1], k[None].expand(q.shape[0], -1, -1), v[None].expand(q.shape[0], -1, -1),
+                              {"n_heads": 8}))
+    want = torch.cat(rows, dim=1)
+    # the same fp32 attention over the same keys, grouped by row pattern in the patch and row by row
+    # here: summation-order rounding of O(1) activations over <= 154 keys, far below 1e-5
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert controller_of(both).rows_as_delta == 0

@@ -364,3 +364,17 @@ def test_strength_blends_confined_and_unconfined_attention(mods, models):
     gap = (got_full - unconfined).abs().max()
     assert gap > 1e-3 * scale
     assert 0 < (got_half - unconfined).abs().max() < gap
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_strength_zero_is_the_unpatched_model(mods, models, family):
+    """strength 0 = no effect, on every family: the patched model run on the node's segment
+    conditioning equals the unpatched model on the same conditioning (Qwen-Image included, whose
+    text RoPE positions the confinement rebases)."""
+    model = models[family]
+    x, ref = rand(latent_shape(family), 1), rand(latent_shape(family), 2)
+    ctx = torch.cat([text(5, 3), text(7, 4)], 1)
+    unpatched = call(mods, model, family, x, ctx, [ref])
+    _, off = confine(mods, model, 0, [5, 7], left_mask(), strength=0.0)
+    got = call(mods, off, family, x, ctx, [ref])
+    assert torch.equal(got, unpatched), float(((got - unpatched).norm() / unpatched.norm()))

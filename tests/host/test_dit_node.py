@@ -203,3 +203,37 @@ def test_dit_blocks_confines_only_the_named_blocks(comfyui_root, node, models, s
     # scale; 1e-4 only rules out rounding-level differences
     assert (outs["first"] - outs["unpatched"]).abs().max() > 1e-4 * scale
     assert (outs["first"] - outs["every"]).abs().max() > 1e-4 * scale
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_neg_instruction_never_acts_in_any_routing(comfyui_root, node, models, sd15, family):
+    """CAMILA's [NEG] is an all-black mask: with the prompt connected beside a plan whose item 2 is
+    [NEG] (items 1 and 3 executable, so 'whole prompt' joins several instructions), changing only
+    item 2's words leaves the sampled output bit-identical in every routing the node offers, on
+    FLUX.1 and Qwen-Image; changing item 1's words does change it."""
+    from host.inprocess import import_comfy
+
+    comfy = import_comfy(comfyui_root)
+    plan_mod = pack_module(None, "nodes.executability.plan")
+    model, clip = models[family], sd15[1]
+    ref = torch.randn(latent_shape(family), generator=torch.Generator().manual_seed(4))
+    routings = next(i for i in node.AttentionMask.define_schema().inputs if i.id == "routing").options
+    m = torch.zeros(3, 96, 128)
+    m[0, :48, :64] = 1.0
+    m[1, :, 64:] = 1.0        # the [NEG] item's mask (dropped with it)
+    m[2, 48:, :64] = 1.0
+    texts = ("make the hat red\nturn the dog into a cat\nadd a dog",
+             "make the hat red\nturn the car into a boat\nadd a dog",
+             "make the hat blue\nturn the dog into a cat\nadd a dog")
+    for routing in routings:
+        outs = []
+        for text in (texts if routing == routings[0] else texts[:2]):
+            first, second, third = text.split("\n")
+            plan = plan_mod.EditPlan(items=(plan_mod.EditItem(first, True), plan_mod.EditItem(second, False),
+                                            plan_mod.EditItem(third, True)))
+            patched, positive, _ = run(node, model, clip, prompt=text, plan=plan, m=m, routing=routing)
+            outs.append(sample(comfy, patched, family, positive, ref, steps=1))
+        assert torch.equal(outs[0], outs[1]), (routing, float((outs[0] - outs[1]).abs().max()))
+        if len(outs) > 2:
+            # one step of a random DiT: a changed executable instruction moves the output far above rounding
+            assert not torch.allclose(outs[0], outs[2], atol=1e-5), routing

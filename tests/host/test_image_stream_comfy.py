@@ -106,6 +106,14 @@ def test_shipped_defaults(node):
                                       "unconditional": "KSampler negative (1)"}
 
 
+def test_the_image_tooltip_says_what_insightedit_feeds(node):
+    """InsightEdit's visual branch is a predicted *target*-image embedding (its IAA is trained with
+    ||CLIP(I_tar) - Mapper(h)||^2); the tooltip must not call the source image InsightEdit's use."""
+    tip = next(i for i in node.ImageStream.define_schema().inputs if i.id == "image").tooltip
+    assert "InsightEdit's use" not in tip
+    assert "target" in tip and "stand-in" in tip
+
+
 def controllers_of(patched):
     from comfy.patcher_extension import WrappersMP
 

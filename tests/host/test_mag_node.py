@@ -313,3 +313,24 @@ def test_post_interrupt_cancels_a_running_edit_and_the_next_one_runs(comfy_serve
     entry = comfy_server.run(mag_graph(tiny_checkpoints.sd15_name, steps=2), timeout=300)
     refs = comfy_server.output_images(entry, "8")
     assert len(refs) == 1 and comfy_server.get_image(**refs[0]).size == (128, 128)
+
+
+def test_a_mask_batch_gives_one_mask_per_edit_word(node):
+    """As many masks as edit words (more than one): mask i scores edit word i and the edit region is
+    their union; one mask serves every word; any other count names the input."""
+    errors = pack_module(None, "nodes.errors")
+    left, right = torch.zeros(1, 128, 128), torch.zeros(1, 128, 128)
+    left[:, :, :48] = 1.0
+    right[:, :, 80:] = 1.0
+    region, per_word = node.masks_for_words(torch.cat([left, right]), (1, 4, 16, 16), ["black", "dog"])
+    assert per_word.shape == (2, 16, 16)
+    assert torch.equal(per_word[0] > 0.5, left[0, ::8, ::8] > 0.5) and torch.equal(per_word[1] > 0.5,
+                                                                                     right[0, ::8, ::8] > 0.5)
+    assert torch.equal(region[0], per_word.amax(dim=0))
+    region, per_word = node.masks_for_words(left, (1, 4, 16, 16), ["black", "dog"])
+    assert per_word is None and region.shape == (1, 16, 16)
+    with pytest.raises(errors.InputError) as e:
+        node.masks_for_words(torch.cat([left, right, left]), (1, 4, 16, 16), ["black", "dog"])
+    assert e.value.input_name == "mask" and "2 edit words" in str(e.value)
+    with pytest.raises(errors.InputError, match="edit word .dog."):
+        node.masks_for_words(torch.cat([left, torch.zeros(1, 128, 128)]), (1, 4, 16, 16), ["black", "dog"])

@@ -302,6 +302,37 @@ def test_forced_non_executable_equals_never_written(comfy_server, shipped_names,
     assert any("[NEG] make the car red" in t for t in report), report
 
 
+def test_a_neg_instructions_words_leave_the_sampled_latent_unchanged(comfy_server, shipped_names, tiny_checkpoints):
+    """Manual Plan variant with the prompt also typed into the Attention Mask: changing only the
+    words of the instruction marked [NEG] leaves the sampled latent unchanged (CAMILA's [NEG] is an
+    all-black mask; CLIP's causal end/padding tokens must not carry it either), while changing the
+    executable instruction's words does change it."""
+    import torch
+    from safetensors.torch import load_file
+
+    graph = json.loads((REPO / "workflows" / "api" / "context_aware_edit_manual.json").read_text())
+    graph = adapt_for_tiny_models(graph, tiny_checkpoints, SHIPPED["image"], steps=3)
+    ids = {n["class_type"]: k for k, n in graph.items()}
+    plan_id, patch_id = ids["ContextEditManualPlan"], ids["ContextEditAttentionMask"]
+    graph["100"] = {"class_type": "SaveLatent", "inputs": {"samples": [ids["SamplerCustomAdvanced"], 0],
+                                                           "filename_prefix": "neg_words"}}
+    boxes = "[[0, 0, 128, 40], [20, 50, 100, 90]]"
+
+    def latent(text):
+        g = json.loads(json.dumps(graph))
+        g[plan_id]["inputs"].update(instructions=text, boxes=boxes, non_executable="2")
+        g[patch_id]["inputs"]["prompt"] = text
+        entry = comfy_server.run(g, timeout=600)
+        ref = entry["outputs"]["100"]["latents"][0]
+        return load_file(str(Path(comfy_server.output_dir) / ref["subfolder"] / ref["filename"]))["latent_tensor"]
+
+    a = latent("make the sky orange\nmake the car red")
+    b = latent("make the sky orange\nturn the wall into bricks")
+    c = latent("make the sky purple\nmake the car red")
+    assert torch.equal(a, b), float((a - b).abs().max())
+    assert not torch.equal(a, c)  # the executable instruction does act
+
+
 # ----------------------------------------------------------------------------- FLUX.1 Kontext
 
 
