@@ -70,23 +70,38 @@ def test_reasoning_instruction_flows_to_the_patch(comfyui_root, tiny_checkpoints
                 if getattr(i, "default", None) is not None}
     options = ("mode", "routing", "resolutions", "start_percent", "end_percent", "strength", "apply_to")
     model, clip, _ = load_checkpoint(comfyui_root, tiny_checkpoints.sd15)
-    result = node.AttentionMask.execute(model=model, clip=clip, masks=masks, prompt="", plan=plans,
-                                        **{k: v for k, v in defaults.items() if k in options})
-    patched, _, prompt = result.args if hasattr(result, "args") else result.result
-    assert RESOLVED in prompt and OTHER in prompt and "keeps food cold" not in prompt
-
     from comfy.patcher_extension import WrappersMP
 
-    wrappers = patched.wrappers[WrappersMP.DIFFUSION_MODEL]
-    (key,) = [k for k in wrappers if k.startswith("contextedit_attention")]
-    cells = [c.cell_contents for c in wrappers[key][0].__closure__ or ()]
-    ctrl = next(c for c in cells if hasattr(c, "places_modified"))
-    # the resolved instruction's tokens, found independently with ComfyUI's own tokenizer: the
-    # prompt's token ids at the controller's first token set are those of RESOLVED alone
+    def controller_for(**overrides):
+        options_ = {k: v for k, v in defaults.items() if k in options}
+        options_.update(overrides)
+        result = node.AttentionMask.execute(model=model, clip=clip, masks=masks, prompt="", plan=plans, **options_)
+        patched, positive, prompt = result.args if hasattr(result, "args") else result.result
+        assert RESOLVED in prompt and OTHER in prompt and "keeps food cold" not in prompt
+        wrappers = patched.wrappers[WrappersMP.DIFFUSION_MODEL]
+        (key,) = [k for k in wrappers if k.startswith("contextedit_attention")]
+        cells = [c.cell_contents for c in wrappers[key][0].__closure__ or ()]
+        return next(c for c in cells if hasattr(c, "places_modified")), positive, prompt
+
+    # the shipped default, per segment: the first segment of the conditioning is the resolved
+    # instruction encoded on its own (ComfyUI's CLIP called here directly), driven by the left mask
+    ctrl, positive, prompt = controller_for()
+    assert defaults["routing"] == "per segment (encoded apart)"
+    alone = clip.encode_from_tokens(clip.tokenize(RESOLVED))
+    user = clip.encode_from_tokens(clip.tokenize(REASONING))
+    first = positive[0][0][:, ctrl.token_sets[0]]
+    assert ctrl.token_sets[0] == list(range(alone.shape[1]))
+    assert torch.allclose(first, alone, atol=1e-5) and not torch.allclose(first, user, atol=1e-3)
+    assert torch.equal(ctrl.masks[0], masks[0]) and torch.equal(ctrl.masks[1], masks[1])
+
+    # per-token routing (CAMILA): the resolved instruction's tokens, found independently with
+    # ComfyUI's own tokenizer: the prompt's token ids at the controller's first token set are those
+    # of RESOLVED alone ...
+    ctrl, _, prompt = controller_for(routing="per token (CAMILA)")
     ids = [t[0] for t in clip.tokenize(prompt)["l"][0]]
-    alone = [t[0] for t in clip.tokenize(RESOLVED)["l"][0]]
-    end = alone.index(alone[-1])  # first end/pad token after the words
-    words = alone[1:end]
+    alone_ids = [t[0] for t in clip.tokenize(RESOLVED)["l"][0]]
+    end = alone_ids.index(alone_ids[-1])  # first end/pad token after the words
+    words = alone_ids[1:end]
     assert [ids[p] for p in ctrl.token_sets[0]] == words
     # ... and the mask that drives them is the refrigerator's (left half), not the sky's
     assert torch.equal(ctrl.masks[0], masks[0]) and torch.equal(ctrl.masks[1], masks[1])
