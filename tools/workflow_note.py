@@ -2,57 +2,27 @@
 with the folder each goes in and where to get it.
 
 The model list comes, in order of preference, from
-1. the pack's model catalogue (nodes/model_catalog.py: ``LOADER_INPUTS``, ``lookup``), when the
-   checkout has it: name, folder, file or whole Hugging Face folder, official source;
+1. the pack's model catalogue (nodes/model_catalog.py: ``LOADER_INPUTS``, ``lookup``): name,
+   folder, file or whole Hugging Face folder, official source;
 2. the loader node's ``properties.models`` (name, url, directory: ComfyUI's model metadata, written
    on the UI file by tools/workflow_models.py);
-3. the loader's widget value and the folder the loader reads (LOADER_INPUTS below).
+3. the loader's widget value and the first folder the loader reads (the catalogue's LOADER_INPUTS).
 """
 
-import importlib.util
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-# {loader node type: {model input: folders it reads}}: used when the catalogue is not there
-LOADER_INPUTS = {
-    "ContextEditLoadVLM": {"model_name": ("LLM",)},
-    "ContextEditLoadSAM": {"sam_name": ("sams",)},
-    "ContextEditLoadRegionPredictor": {"region_predictor": ("contextedit",), "clip_vision": ("clip_vision",),
-                                       "text_encoder": ("text_encoders", "LLM"),
-                                       "clip_text": ("clip_vision", "text_encoders")},
-    "ContextEditImageStream": {"ipadapter": ("ipadapter",)},
-    "CheckpointLoaderSimple": {"ckpt_name": ("checkpoints",)},
-    "UNETLoader": {"unet_name": ("diffusion_models",)},
-    "CLIPLoader": {"clip_name": ("text_encoders",)},
-    "DualCLIPLoader": {"clip_name1": ("text_encoders",), "clip_name2": ("text_encoders",)},
-    "VAELoader": {"vae_name": ("vae",)},
-    "CLIPVisionLoader": {"clip_name": ("clip_vision",)},
-}
-OFF_VALUES = ("none", "none (test-time mode)")
-
-
-def load_catalog(repo=REPO):
-    """nodes/model_catalog.py by path (plain Python), or None when this checkout has none."""
-    path = Path(repo) / "nodes" / "model_catalog.py"
-    if not path.is_file():
-        return None
-    name = "contextedit_model_catalog"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the class is built
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workflow_models import load_catalog  # noqa: E402  (nodes/model_catalog.py by path)
 
 
 def model_rows(api, properties=None, catalog=None):
     """[{name, directory, folder (bool), source, url}] for every model the API graph's loaders
     name, in node order, each (name, directory) once. ``properties``: {node id: UI properties}."""
     properties = properties or {}
-    loader_inputs = getattr(catalog, "LOADER_INPUTS", None) or LOADER_INPUTS
-    off = tuple(getattr(catalog, "OFF_VALUES", ())) + OFF_VALUES
+    pack = load_catalog()  # the loader table and "off" values; ``catalog`` (when given) for the lookups
+    loader_inputs = getattr(catalog, "LOADER_INPUTS", None) or pack.LOADER_INPUTS
+    off = tuple(getattr(catalog, "OFF_VALUES", ())) + pack.OFF_VALUES
     rows, seen = [], set()
     for nid in sorted(api, key=int):
         node = api[nid]

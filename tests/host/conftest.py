@@ -130,3 +130,31 @@ def browser(browser_session):
     """The session browser, with the console read (and dropped) before the test starts."""
     browser_session.console_errors()
     return browser_session
+
+
+@pytest.fixture
+def progress_hook(comfyui_root):
+    """Installs a ComfyUI progress-bar hook (as the server does) for an in-process test:
+    ``install(fn)`` calls ``fn(value, total)`` on every update and returns the list of updates;
+    the old hook and the interrupt flag are restored afterwards."""
+    from host.inprocess import import_comfy
+
+    import_comfy(comfyui_root)
+    import comfy.model_management as mm
+    import comfy.utils
+
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    calls = []
+
+    def install(fn):
+        def hook(value, total, preview, node_id=None):
+            calls.append((value, total))
+            fn(value, total)
+        comfy.utils.set_progress_bar_global_hook(hook)
+        return calls
+
+    try:
+        yield install
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
+        mm.interrupt_current_processing(False)

@@ -195,29 +195,6 @@ def test_spatial_ratio_constraint_edits_differently(comfyui_root, sd15, node):
     assert float(inside.abs().max()) > 1e-3  # another loss, another latent update inside the mask
 
 
-@pytest.fixture
-def progress_hook():
-    """Installs a ComfyUI progress-bar hook (as the server does); restores the old one and the flag."""
-    import comfy.model_management as mm
-    import comfy.utils
-
-    old = comfy.utils.PROGRESS_BAR_HOOK
-    calls = []
-
-    def install(fn):
-        def hook(value, total, preview, node_id=None):
-            calls.append((value, total))
-            fn(value, total)
-        comfy.utils.set_progress_bar_global_hook(hook)
-        return calls
-
-    try:
-        yield install
-    finally:
-        comfy.utils.set_progress_bar_global_hook(old)
-        mm.interrupt_current_processing(False)
-
-
 def test_interrupt_from_the_progress_callback_stops_at_once_and_next_run_works(comfyui_root, sd15, node,
                                                                                progress_hook):
     import comfy.model_management as mm

@@ -29,29 +29,6 @@ def folders(comfyui_root, generated_dir, tmp_path_factory):
     folder_paths.add_model_folder_path("metrics", str(make_tiny_metric_models(generated_dir)))
 
 
-@pytest.fixture
-def progress_hook(comfyui_root):
-    """Installs a ComfyUI progress-bar hook (as the server does); restores the old one and the flag."""
-    import comfy.model_management as mm
-    import comfy.utils
-
-    old = comfy.utils.PROGRESS_BAR_HOOK
-    calls = []
-
-    def install(fn):
-        def hook(value, total, preview, node_id=None):
-            calls.append((value, total))
-            fn(value, total)
-        comfy.utils.set_progress_bar_global_hook(hook)
-        return calls
-
-    try:
-        yield install
-    finally:
-        comfy.utils.set_progress_bar_global_hook(old)
-        mm.interrupt_current_processing(False)
-
-
 def interrupt_at(value):
     import comfy.model_management as mm
 

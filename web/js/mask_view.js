@@ -9,8 +9,8 @@
 
 import { app } from "../../../scripts/app.js";
 import {
-  MASK_CHIP, NEG_CHIP, NEG_STROKE, drawChip, fitRect, installStyle, loadImage, syncCanvasSize,
-  truncate, viewURL,
+  MASK_CHIP, NEG_CHIP, NEG_STROKE, drawChip, fitRect, installStyle, showViewImage, syncCanvasSize,
+  truncate,
 } from "./plan_canvas.js";
 
 const NODE_TYPE = "ContextEditDecodeMasks";
@@ -62,18 +62,7 @@ class MaskView {
   show(index) {
     if (!this.entries.length) return;
     this.index = (index + this.entries.length) % this.entries.length;
-    const entry = this.entry;
-    const key = JSON.stringify(entry.image);
-    if (key !== this.imageKey) {
-      this.imageKey = key;
-      this.image = null;
-      loadImage(viewURL(entry.image)).then((img) => {
-        if (this.imageKey === key) {
-          this.image = img;
-          this.draw();
-        }
-      }).catch((error) => { this.status.textContent = String(error.message || error); });
-    }
+    showViewImage(this, this.entry.image, (message) => { this.status.textContent = message; });
     this.renderRows();
     this.draw();
   }

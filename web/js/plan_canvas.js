@@ -62,6 +62,23 @@ export function loadImage(url) {
   });
 }
 
+/**
+ * Show a /view image reference in a view (an object with image, imageKey and draw()): loads it
+ * unless it is the one already shown, and draws once decoded (a newer reference wins).
+ */
+export function showViewImage(view, ref, onError) {
+  const key = JSON.stringify(ref);
+  if (key === view.imageKey) return;
+  view.imageKey = key;
+  view.image = null;
+  loadImage(viewURL(ref)).then((img) => {
+    if (view.imageKey === key) {
+      view.image = img;
+      view.draw();
+    }
+  }).catch((error) => onError(String(error.message || error)));
+}
+
 /** Size the canvas backing store to its laid-out CSS size; returns {w, h, dpr} in CSS pixels. */
 export function syncCanvasSize(canvas) {
   const dpr = window.devicePixelRatio || 1;

@@ -16,7 +16,7 @@
 import { app } from "../../../scripts/app.js";
 import {
   MASK_CHIP, NEG_CHIP, NEG_STROKE, canvasToClient, drawChip, drawTooltip, eventToCanvas, fitRect,
-  installStyle, loadImage, markGraphChanged, syncCanvasSize, truncate, viewURL,
+  installStyle, markGraphChanged, showViewImage, syncCanvasSize, truncate,
 } from "./plan_canvas.js";
 
 const NODE_TYPE = "ContextEditReviewPlan";
@@ -183,18 +183,7 @@ class PlanEditor {
       this.adding = false;
     }
     this.index = index;
-    const entry = this.entry;
-    const key = JSON.stringify(entry.image);
-    if (key !== this.imageKey) {
-      this.imageKey = key;
-      this.image = null;
-      loadImage(viewURL(entry.image)).then((img) => {
-        if (this.imageKey === key) {
-          this.image = img;
-          this.draw();
-        }
-      }).catch((error) => this.say(String(error.message || error)));
-    }
+    showViewImage(this, this.entry.image, (message) => this.say(message));
     this.refresh();
   }
 
