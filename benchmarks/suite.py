@@ -250,7 +250,7 @@ class Ctx:
     def interleaved(self, runs: dict, repeats: int, warmup: dict | None = None) -> dict:
         """{name: fn} -> {name: [seconds] * repeats}, runs interleaved so a slow spell of the machine
         hits every entry alike; each fn warmed up once first (``warmup``: cheaper stand-ins)."""
-        for name, fn in (warmup or runs).items():
+        for fn in (warmup or runs).values():
             fn()
         self.sync()
         times = {k: [] for k in runs}
@@ -272,10 +272,6 @@ class Ctx:
             if self.device.type == "cuda":
                 if root not in sys.path:
                     sys.path.insert(0, root)
-                import comfy.model_management  # noqa: F401
-                import comfy.sample  # noqa: F401
-                import comfy.samplers  # noqa: F401
-                import comfy.sd  # noqa: F401
                 import folder_paths
 
                 folder_paths.set_temp_directory(str(self.scratch / "temp"))
@@ -389,125 +385,131 @@ def attention_sd(ctx):
     """The Attention Mask node with its schema defaults vs the unpatched model, KSampler-style CFG
     sampling (euler, cfg 7) through ComfyUI, two instructions on half masks; both runs use the
     node's positive conditioning."""
-    import torch
-
-    from _common import half_masks
-
-    node = ctx.pack("nodes.attention.node").AttentionMask
-    rows = []
     if ctx.full:
         cases = [("sd15", "attention mask SD1.5", 64, 20, 5), ("sdxl", "attention mask SDXL", 128, 20, 3)]
         if ctx.smoke:
             cases = [(k, b, 16, 2, 2) for k, b, _, _, _ in cases]
     else:
         cases = [("tiny", "attention mask SD1.5", ctx.args.sd_latent, ctx.args.sd_steps, 5)]
-    comfy = ctx.comfy()
-    for kind, bench, side, steps, repeats in cases:
-        if kind == "tiny":
-            from _common import comfy_tiny_sd15
-
-            _, _, (model, clip, _) = comfy_tiny_sd15()
-            what = "tiny SD1.5 checkpoint (SD1.5 layout, 320 ch everywhere, context 768)"
-        else:
-            model, clip = random_sd(ctx, kind)
-            what = f"{'SD1.5' if kind == 'sd15' else 'SDXL'}{' layout at 32 ch (smoke)' if ctx.smoke else '-size'} random weights"
-        defaults = node_defaults(node)
-        patched, positive, _ = node.execute(model=model, clip=clip, masks=half_masks(side),
-                                            **{**defaults, "prompt": INSTRUCTIONS}).args
-        negative = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"), show_pbar=False)
-        noise = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(0))
-
-        def run(m, s=side, n=steps):
-            latent = torch.zeros(1, 4, s, s)
-            comfy.sample.sample(m, noise[..., :s, :s], n, 7.0, "euler", "normal", positive, negative, latent, seed=0,
-                                disable_pbar=True)
-
-        small = min(side, 16)
-        times = ctx.interleaved({"unpatched": lambda: run(model), "patched": lambda: run(patched)},
-                                ctx.repeats(repeats),
-                                warmup={"unpatched": lambda: run(model, small, 1), "patched": lambda: run(patched, small, 1)})
-        opts = ", ".join(f"{k}={defaults[k]}" for k in ("routing", "mode", "mask_edges", "resolutions"))
-        ctx.setup[bench] = (f"{what}, ComfyUI {comfy.model_management.get_torch_device()}, latent {side}x{side} "
-                            f"({side * 8} px), {steps} euler step(s), cfg 7, node defaults ({opts}), 2 instructions "
-                            f"on half masks, {ctx.repeats(repeats)} interleaved runs each")
-        rows.append(ratio_row(bench, "patched / unpatched", times["patched"], times["unpatched"], "<= 1.05"))
-        del model, clip, patched
-        ctx.free()
+    rows = []
+    for case in cases:
+        rows.append(_attention_case(ctx, *case))
+        ctx.free()   # the case's models are gone with its frame
     return rows
+
+
+def _attention_case(ctx, kind, bench, side, steps, repeats):
+    import torch
+    from _common import half_masks
+
+    node = ctx.pack("nodes.attention.node").AttentionMask
+    comfy = ctx.comfy()
+    if kind == "tiny":
+        from _common import comfy_tiny_sd15
+
+        _, _, (model, clip, _) = comfy_tiny_sd15()
+        what = "tiny SD1.5 checkpoint (SD1.5 layout, 320 ch everywhere, context 768)"
+    else:
+        model, clip = random_sd(ctx, kind)
+        size = " layout at 32 ch (smoke)" if ctx.smoke else "-size"
+        what = f"{'SD1.5' if kind == 'sd15' else 'SDXL'}{size} random weights"
+    defaults = node_defaults(node)
+    patched, positive, _ = node.execute(model=model, clip=clip, masks=half_masks(side),
+                                        **{**defaults, "prompt": INSTRUCTIONS}).args
+    negative = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"), show_pbar=False)
+    noise = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(0))
+
+    def run(m, s=side, n=steps):
+        latent = torch.zeros(1, 4, s, s)
+        comfy.sample.sample(m, noise[..., :s, :s], n, 7.0, "euler", "normal", positive, negative, latent, seed=0,
+                            disable_pbar=True)
+
+    small = min(side, 16)   # warm-up: one step at a small latent (first-call costs, not the full run)
+    times = ctx.interleaved({"unpatched": lambda: run(model), "patched": lambda: run(patched)},
+                            ctx.repeats(repeats),
+                            warmup={"unpatched": lambda: run(model, small, 1),
+                                    "patched": lambda: run(patched, small, 1)})
+    opts = ", ".join(f"{k}={defaults[k]}" for k in ("routing", "mode", "mask_edges", "resolutions"))
+    ctx.setup[bench] = (f"{what}, ComfyUI {comfy.model_management.get_torch_device()}, latent {side}x{side} "
+                        f"({side * 8} px), {steps} euler step(s), cfg 7, node defaults ({opts}), 2 instructions "
+                        f"on half masks, {ctx.repeats(repeats)} interleaved runs each")
+    return ratio_row(bench, "patched / unpatched", times["patched"], times["unpatched"], "<= 1.05")
 
 
 # --------------------------------------------------------------------------- DiT confinement
 def dit(ctx):
     """benchmarks/dit_overhead.py's measurement: confined vs unpatched on the same conditioning, and
     vs the unpatched model on a one-text stock prompt; euler at cfg 1 with a reference latent."""
-    import torch
+    if ctx.full and not ctx.smoke:
+        families, shape = ["flux"], {"side": 128, "seg_tokens": 256, "prompt_tokens": 256, "steps": 4, "repeats": 3}
+    else:
+        families = ["flux", "qwen_image"]
+        shape = {"side": 32, "seg_tokens": 24, "prompt_tokens": 32, "steps": 8, "repeats": 9}
+        if ctx.smoke:
+            families, shape["repeats"] = ["flux"], 2
+    rows = []
+    for family in families:
+        rows += _dit_family(ctx, family, **shape)
+        ctx.free()
+    return rows
 
+
+def _dit_family(ctx, family, side, seg_tokens, prompt_tokens, steps, repeats):
     import dit_overhead
+    import torch
 
     comfy = ctx.comfy()
     from contextedit.attention_patches.comfy_dit_adapter import DiTConfinement
     from contextedit.attention_patches.joint_attention import TextSegments
 
-    if ctx.full and not ctx.smoke:
-        families, side, seg_tokens, prompt_tokens, steps, repeats = ["flux"], 128, 256, 256, 4, 3
-    else:
-        families, side, seg_tokens, prompt_tokens, steps, repeats = ["flux", "qwen_image"], 32, 24, 32, 8, 9
-        if ctx.smoke:
-            families, repeats = ["flux"], 2
-    rows = []
-    for family in families:
-        model = dit_overhead.full_flux(ctx.device) if ctx.full and not ctx.smoke else dit_overhead.tiny(family)
-        width = model.get_model_object("diffusion_model").txt_in.weight.shape[1]
-        shape = (1, 16, 1, side, side) if family == "qwen_image" else (1, 16, side, side)
-        g = torch.Generator().manual_seed(0)
-        ref = torch.randn(shape, generator=g)
-        segs = torch.randn(1, 3 * seg_tokens, width, generator=g)
-        stock = torch.randn(1, prompt_tokens, width, generator=g)
-        masks = torch.zeros(2, side * 8, side * 8)
-        masks[0, :, : side * 8 // 3] = 1
-        masks[1, :, -side * 8 // 3:] = 1
-        patched = DiTConfinement(TextSegments.from_lengths(0, [seg_tokens] * 3), masks).install(model)
-        noise = torch.randn(shape, generator=g)
+    model = dit_overhead.full_flux(ctx.device) if ctx.full and not ctx.smoke else dit_overhead.tiny(family)
+    width = model.get_model_object("diffusion_model").txt_in.weight.shape[1]
+    shape = (1, 16, 1, side, side) if family == "qwen_image" else (1, 16, side, side)
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(shape, generator=g)
+    segs = torch.randn(1, 3 * seg_tokens, width, generator=g)
+    stock = torch.randn(1, prompt_tokens, width, generator=g)
+    masks = torch.zeros(2, side * 8, side * 8)
+    masks[0, :, : side * 8 // 3] = 1
+    masks[1, :, -side * 8 // 3:] = 1
+    patched = DiTConfinement(TextSegments.from_lengths(0, [seg_tokens] * 3), masks).install(model)
+    noise = torch.randn(shape, generator=g)
+    extra = {"reference_latents": [ref]}
+    if family == "flux":
+        extra.update(pooled_output=torch.zeros(1, model.model.diffusion_model.params.vec_in_dim), guidance=3.5)
 
-        def cond(c):
-            extra = {"reference_latents": [ref]}
-            if family == "flux":
-                extra.update(pooled_output=torch.zeros(1, model.model.diffusion_model.params.vec_in_dim), guidance=3.5)
-            return [[c, extra]]
+    def run(m, c, n=steps):
+        cc = [[c, extra]]
+        comfy.sample.sample(m, noise, n, 1.0, "euler", "simple", cc, cc, ref.clone(), seed=0, disable_pbar=True)
 
-        def run(m, c, n=steps):
-            cc = cond(c)
-            comfy.sample.sample(m, noise, n, 1.0, "euler", "simple", cc, cc, ref.clone(), seed=0, disable_pbar=True)
-
-        runs = {"same": lambda: run(model, segs), "patched": lambda: run(patched, segs),
-                "stock": lambda: run(model, stock)}
-        warm = {"same": lambda: run(model, segs, 1), "patched": lambda: run(patched, segs, 1),
-                "stock": lambda: run(model, stock, 1)}
-        times = ctx.interleaved(runs, ctx.repeats(repeats), warmup=warm)
-        name = "DiT confinement " + ("FLUX.1" if family == "flux" else "Qwen-Image")
-        size = "FLUX.1-size random bf16" if ctx.full and not ctx.smoke else "tiny"
-        ctx.setup[name] = (f"{size}, latent {side}x{side} + reference latent, 3 segments x {seg_tokens} tokens "
-                           f"(stock prompt {prompt_tokens}), {steps} euler steps at cfg 1, "
-                           f"{ctx.repeats(repeats)} interleaved runs each")
-        rows.append(ratio_row(name, "patched / unpatched (same cond)", times["patched"], times["same"], "<= 1.10"))
-        rows.append(ratio_row(name, "patched / stock prompt", times["patched"], times["stock"]))
-        del model, patched
-        ctx.free()
-    return rows
+    runs = {"same": lambda: run(model, segs), "patched": lambda: run(patched, segs),
+            "stock": lambda: run(model, stock)}
+    warm = {"same": lambda: run(model, segs, 1), "patched": lambda: run(patched, segs, 1),
+            "stock": lambda: run(model, stock, 1)}
+    times = ctx.interleaved(runs, ctx.repeats(repeats), warmup=warm)
+    name = "DiT confinement " + ("FLUX.1" if family == "flux" else "Qwen-Image")
+    size = "FLUX.1-size random bf16" if ctx.full and not ctx.smoke else "tiny"
+    ctx.setup[name] = (f"{size}, latent {side}x{side} + reference latent, 3 segments x {seg_tokens} tokens "
+                       f"(stock prompt {prompt_tokens}), {steps} euler steps at cfg 1, "
+                       f"{ctx.repeats(repeats)} interleaved runs each")
+    return [ratio_row(name, "patched / unpatched (same cond)", times["patched"], times["same"], "<= 1.10"),
+            ratio_row(name, "patched / stock prompt", times["patched"], times["stock"])]
 
 
 # --------------------------------------------------------------------------- image stream
 def image_stream(ctx):
     """benchmarks/image_stream_overhead.py's diffusers measurement: the image stream vs the UNet's own
     processors, and (Attention Mask + Image Stream) vs the Attention Mask alone, CFG pair per step."""
-    import torch
-
     import image_stream_overhead as iso
+    import torch
     from _common import load_pack
 
     load_pack()
     from contextedit.attention_patches import MaskModulation
-    from contextedit.attention_patches.diffusers_adapter import DiffusersHost, attention_modules
+    from contextedit.attention_patches.diffusers_adapter import (
+        DiffusersHost,
+        attention_modules,
+    )
     from contextedit.attention_patches.image_stream import diffusers_ip_order
     from contextedit.nodes.image_stream.ipadapter_format import from_state_dict
     from contextedit.nodes.image_stream.stream_patch import build_image_stream
@@ -558,7 +560,8 @@ def image_stream(ctx):
     with threads(None if full else 1):
         times = ctx.interleaved(runs, ctx.repeats(repeats))
     ctx.setup["image stream"] = (f"diffusers UNet ({'SD1.5-size' if full else 'tiny'}, {dtype}), latent {side}x{side}, "
-                                 f"{steps} steps on the CFG pair, IP-Adapter-format weights (to_k_ip/to_v_ip = to_k/to_v), "
+                                 f"{steps} steps on the CFG pair, IP-Adapter-format weights "
+                                 f"(to_k_ip/to_v_ip = to_k/to_v), "
                                  f"{ctx.repeats(repeats)} interleaved runs each")
     return [ratio_row("image stream", "stream / unpatched", times["stream"], times["unpatched"]),
             ratio_row("image stream", "(mask + stream) / mask", times["both"], times["mask"])]
@@ -582,7 +585,6 @@ def mag(ctx):
     """benchmarks/mag_edit.py's measurement: each preset (with its inversion) against plain 50-step
     CFG DDIM through the same denoiser; plain and fast interleaved, paper run after them."""
     import torch
-
     from _common import load_pack
 
     load_pack()
@@ -640,17 +642,28 @@ def mag(ctx):
 
 
 # --------------------------------------------------------------------------- region predictor
+def _fit_steps(ctx):
+    return 20 if ctx.full and not ctx.smoke else 10
+
+
+def _fit_measure(ctx):
+    return f"test-time fit s/image ({_fit_steps(ctx)} steps)"
+
+
 def region(ctx):
     """benchmarks/region_predictor.py's figures plus the test-time optimisation of a fresh head."""
     import torch
-
     from _common import load_pack
 
     load_pack()
     import region_predictor as rp
     from contextedit.nodes.regions.losses import LossWeights
     from contextedit.nodes.regions.model import RegionPredictor
-    from contextedit.nodes.regions.objective import encode_batch, optimize_region, predict_region
+    from contextedit.nodes.regions.objective import (
+        encode_batch,
+        optimize_region,
+        predict_region,
+    )
 
     full = ctx.full and not ctx.smoke
     device = ctx.device
@@ -660,7 +673,7 @@ def region(ctx):
         from regions_common import TINY_HEAD, tiny_encoders
 
         enc, size, head_cfg = tiny_encoders(ctx.scratch / "regions"), 64, TINY_HEAD
-    b, repeats, fit_steps = 4, ctx.repeats(10 if full else 5), 20 if full else 10
+    b, repeats, fit_steps = 4, ctx.repeats(10 if full else 5), _fit_steps(ctx)
     with threads(None if full else 1):
         torch.manual_seed(0)
         head = RegionPredictor(enc.predictor_config(**head_cfg)).to(device).eval()
@@ -686,19 +699,19 @@ def region(ctx):
         config = head.config if hasattr(head, "config") else None
         fit = [ctx.timed(lambda: optimize_region(enc, images[:1], texts[0], "a red box", "a green box", edited[:1],
                                                  steps=fit_steps, config=config)) for _ in range(2)]
-    ctx.setup["region predictor"] = (f"{'CLIP ViT-L/14 + FLAN-T5-base encoders, d=768 head, fp32' if full else 'tiny encoders and head'}"
-                                     f", {size}x{size}, batch {b}; test-time fit of a fresh head: {fit_steps} steps on one "
+    models = "CLIP ViT-L/14 + FLAN-T5-base encoders, d=768 head, fp32" if full else "tiny encoders and head"
+    ctx.setup["region predictor"] = (f"{models}, {size}x{size}, batch {b}; test-time fit of a fresh head: {fit_steps} "
+                                     f"steps on one "
                                      f"image, 2 runs")
     return [Row("region predictor", "predict ms/image", min(predict) * 1e3 / b, statistics.median(predict) * 1e3 / b),
             value_row("region predictor", "training samples/s", [t / b for t in train], per_second=True),
-            value_row("region predictor", f"test-time fit s/image ({fit_steps} steps)", fit)]
+            value_row("region predictor", _fit_measure(ctx), fit)]
 
 
 # --------------------------------------------------------------------------- executability check
 def check(ctx):
     """benchmarks/check_latency.py: the check (VLM generate + parse) for three instructions."""
     import torch
-
     from _common import load_pack
 
     load_pack()
@@ -730,11 +743,11 @@ def check(ctx):
     n = statistics.median(counts)
     params = sum(p.numel() for p in vlm.model.parameters())
     ctx.setup["check latency"] = (f"{'Qwen2.5-VL-3B-size random bf16' if full else 'tiny Qwen2.5-VL'} "
-                                  f"({params / 1e6:.0f} M parameters), {px}x{px} image, 3 instructions, "
+                                  f"({params / 1e6:.2f} M parameters), {px}x{px} image, 3 instructions, "
                                   f"{n:.0f} new tokens (random weights never stop early), {len(times)} runs")
     rows = [value_row("check latency", f"check s ({n:.0f} tokens)", times, "<= 0.7" if full else None),
             value_row("check latency", "tokens/s", [t / max(n, 1) for t in times], per_second=True)]
-    del vlm
+    vlm = None   # free the weights before the folder goes
     if full:
         import shutil
 
@@ -747,7 +760,6 @@ def sam(ctx):
     """SAM masks from three boxes on one image (image encoder + prompt decoding), as the Box Masks
     node and the data pipeline's mask stage call it."""
     import torch
-
     from _common import load_pack
 
     load_pack()
@@ -779,7 +791,6 @@ def sam(ctx):
 def metrics(ctx):
     """benchmarks/metrics_throughput.py: samples/s of each metric set with the tiny networks (CPU)."""
     import numpy as np
-
     from _common import load_pack
 
     load_pack()
@@ -829,7 +840,10 @@ def datagen(ctx):
     from contextedit.nodes.executability.vlm_runtime import GenerationResult
     from contextedit.nodes.masks.sam import load_sam
     from datagen_common import default_reply, kind_of, tiny_sam_path, tiny_vlm
-    from fixtures.tiny_inpaint import make_tiny_inpaint_folder, make_tiny_inpaint_single_file
+    from fixtures.tiny_inpaint import (
+        make_tiny_inpaint_folder,
+        make_tiny_inpaint_single_file,
+    )
     from fixtures.tiny_models import write_test_image
 
     n_images, tokens, steps, res = 2, 8, 2, 64
@@ -868,12 +882,22 @@ def datagen(ctx):
         t0 = time.perf_counter()
         export(str(tmp / "run"), log=None)
         rows.append(value_row("datagen export", "items/s", [(time.perf_counter() - t0) / n_images], per_second=True))
-    ctx.setup["datagen"] = (f"tiny models on the CPU, 1 thread, {n_images} images of 64x64, {tokens} real VLM tokens per "
+    ctx.setup["datagen"] = (f"tiny models on the CPU, 1 thread, {n_images} images of 64x64, {tokens} real VLM tokens "
+                            f"per "
                             f"call (scripted replies), inpainting {steps} steps at {res} px; one pass (best = median)")
     return rows
 
 
 # --------------------------------------------------------------------------- the suite
+# --full time per stage on one H100 (est_full), from FLOPs at ~40 % of bf16/fp16 peak plus launch
+# overhead, model building included: SD1.5 512 px ~0.8 TFLOP per CFG step (~20 ms with overhead),
+# 20 steps x 12 runs; SDXL 1024 px ~6 TFLOP per CFG step (~50 ms), 20 steps x 8 runs, + building the
+# 2.6 B UNet and CLIP-L/G; FLUX.1 1024 px (4096 image + 4096 reference + 768 text tokens) ~270 TFLOP
+# per step (~0.7 s), so 4 steps x 3 interleaved runs x 3 entries (not dit_overhead.py's 8 x 15) plus
+# 1-step warm-ups; MAG fp32 SD1.5: plain 50 CFG calls ~1.5 s, fast ~7 s (101 calls + 40 backward
+# passes), paper ~65 s (1075 calls + 375 backward), so paper runs once; the 3B VLM: build, save
+# (~7.5 GB) and load ~45 s, then 128 tokens at ~30 ms, 4 runs. Peak memory: FLUX.1's 24 GB of bf16
+# weights + a few GB of activations is the largest; every stage frees its models before the next.
 @dataclass
 class Bench:
     name: str
@@ -920,8 +944,7 @@ BENCHES = [
                                    ("MAG Edit", "paper / fast", None)], 70, 110),
     Bench("region", region, lambda ctx: [("region predictor", "predict ms/image", None),
                                          ("region predictor", "training samples/s", None),
-                                         ("region predictor", f"test-time fit s/image "
-                                          f"({20 if ctx.full and not ctx.smoke else 10} steps)", None)], 25, 30),
+                                         ("region predictor", _fit_measure(ctx), None)], 25, 30),
     Bench("check", check, _check_measures, 30, 75),
     Bench("sam", sam, lambda ctx: [("SAM", "masks from 3 boxes s/image", None)], 15, 20),
     Bench("metrics", metrics, _metrics_measures, 40, 25),
@@ -973,7 +996,8 @@ def run_suite(args) -> int:
     if args.full:
         dev = f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
     else:
-        dev = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+        dev = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+               f"torch threads {torch.get_num_threads()}")
     header = (f"# ContextEdit benchmark suite ({mode})\n\n{time.strftime('%Y-%m-%d %H:%M')} · {dev} · torch "
               f"{torch.__version__} · python {platform.python_version()}")
     budget = args.budget_s or (480 if args.full else 570)
@@ -998,7 +1022,7 @@ def run_suite(args) -> int:
         try:
             got = b.fn(ctx)
             result = "ok"
-        except Exception as error:  # one failing benchmark must not lose the table
+        except Exception as error:  # noqa: BLE001  (one failing benchmark must not lose the table)
             got, result = [], "error"
             errors[b.name] = f"{type(error).__name__}: {error}".splitlines()[0][:400]
             traceback.print_exc()
@@ -1009,7 +1033,8 @@ def run_suite(args) -> int:
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         have = {r.key: r for r in got}
         for bn, m, g in expected:   # every expected row, in order; an absent one says why
-            rows.append(have.pop((bn, m), None) or Row(bn, m, goal=g, status="error" if result == "error" else "not run"))
+            missing = Row(bn, m, goal=g, status="error" if result == "error" else "not run")
+            rows.append(have.pop((bn, m), None) or missing)
         rows += list(have.values())
         stages.append(Stage(b.name, seconds, peak, result))
         with contextlib.suppress(Exception):
