@@ -769,9 +769,8 @@ def sam(ctx):
     if full:
         from segment_anything.build_sam import _build_sam
 
-        with torch.device(ctx.device):
-            model = _build_sam(**STANDARD_ARCHS["vit_h"].build_kwargs(), checkpoint=None)
-        decoder = SamDecoder(model.float().eval().requires_grad_(False), arch=STANDARD_ARCHS["vit_h"])
+        model = _build_sam(**STANDARD_ARCHS["vit_h"].build_kwargs(), checkpoint=None)   # CPU init, then moved
+        decoder = SamDecoder(model.float().eval().requires_grad_(False).to(ctx.device), arch=STANDARD_ARCHS["vit_h"])
         name = "vit_h (random weights)"
     else:
         from fixtures.tiny_models import make_tiny_sam_checkpoint
