@@ -64,23 +64,15 @@ class Tok:
         return {"l": [chunk + [(1, 1.0, 0)] * (77 - len(chunk))]}
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--full", action="store_true")
-    ap.add_argument("--steps", type=int, default=50, help="steps of the plain DDIM baseline")
-    ap.add_argument("--preset-steps", type=int, default=0,
-                    help="override every preset's step count (0 = each preset's own: paper 50, fast 30)")
-    ap.add_argument("--presets", default="fast,paper")
-    ap.add_argument("--repeats", type=int, default=3, help="best of this many runs per entry")
-    args = ap.parse_args()
-    load_pack()
+def scenario(unet, ctx_dim, hw, device):
+    """The MAG scenario every MAG benchmark times (this script and suite.py): a denoiser over
+    ``unet`` with SD's schedule, word-level prompts "a white cat" -> "a black dog", a random source
+    latent of side ``hw`` and a centred square mask. Returns (denoiser, prompts, x0, mask, plain)
+    where ``plain(steps)`` is CFG-guided DDIM from noise with the UNet's own attention processors."""
     from contextedit.nodes.mag_edit.denoiser import DiffusersDenoiser
     from contextedit.nodes.mag_edit.inversion import cfg_eps, ddim_schedule
-    from contextedit.nodes.mag_edit.mag import mag_edit, preset
     from contextedit.nodes.mag_edit.prompts import prepare_prompts
 
-    device = "cuda" if (args.full and torch.cuda.is_available()) else "cpu"
-    unet, ctx_dim, hw = build(args.full, device)
     betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
     den = DiffusersDenoiser(unet, torch.cumprod(1 - betas, 0).float())
     tok = Tok()
@@ -95,18 +87,40 @@ def main():
     mask = torch.zeros(1, hw * 8, hw * 8)
     mask[:, hw * 2:hw * 6, hw * 2:hw * 6] = 1.0
 
+    def plain(steps):
+        sig = ddim_schedule(den.sigma_table, steps)
+        z = x0 * float(sig[0])
+        with torch.no_grad():
+            for i in range(steps):
+                z = z + (float(sig[i + 1]) - float(sig[i])) * cfg_eps(den, z, float(sig[i]), prompts.target_context,
+                                                                      prompts.uncond_context, 7.5)
+        return z
+
+    return den, prompts, x0, mask, plain
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--full", action="store_true")
+    ap.add_argument("--steps", type=int, default=50, help="steps of the plain DDIM baseline")
+    ap.add_argument("--preset-steps", type=int, default=0,
+                    help="override every preset's step count (0 = each preset's own: paper 50, fast 30)")
+    ap.add_argument("--presets", default="fast,paper")
+    ap.add_argument("--repeats", type=int, default=3, help="best of this many runs per entry")
+    args = ap.parse_args()
+    load_pack()
+    from contextedit.nodes.mag_edit.mag import mag_edit, preset
+
+    device = "cuda" if (args.full and torch.cuda.is_available()) else "cpu"
+    unet, ctx_dim, hw = build(args.full, device)
+    den, prompts, x0, mask, plain_steps = scenario(unet, ctx_dim, hw, device)
+
     def sync():
         if device == "cuda":
             torch.cuda.synchronize()
 
     def plain():  # CFG-guided DDIM from noise, the UNet's own attention processors
-        sig = ddim_schedule(den.sigma_table, args.steps)
-        z = x0 * float(sig[0])
-        with torch.no_grad():
-            for i in range(args.steps):
-                z = z + (float(sig[i + 1]) - float(sig[i])) * cfg_eps(den, z, float(sig[i]), prompts.target_context,
-                                                                      prompts.uncond_context, 7.5)
-        return z
+        return plain_steps(args.steps)
 
     def timed(fn):
         if device == "cuda":

@@ -568,19 +568,6 @@ def image_stream(ctx):
 
 
 # --------------------------------------------------------------------------- MAG Edit
-class _WordTokens:
-    """word-level stand-in for ComfyUI's tokenizer (77 positions, word id 0 = special), as in mag_edit.py"""
-
-    def __init__(self):
-        self.vocab = {}
-
-    def __call__(self, text):
-        words = text.split()
-        chunk = [(0, 1.0, 0)] + [(self.vocab.setdefault(w, 2 + len(self.vocab)), 1.0, i + 1)
-                                 for i, w in enumerate(words)] + [(1, 1.0, 0)]
-        return {"l": [chunk + [(1, 1.0, 0)] * (77 - len(chunk))]}
-
-
 def mag(ctx):
     """benchmarks/mag_edit.py's measurement: each preset (with its inversion) against plain 50-step
     CFG DDIM through the same denoiser; plain and fast interleaved, paper run after them."""
@@ -589,10 +576,8 @@ def mag(ctx):
 
     load_pack()
     import image_stream_overhead as iso
-    from contextedit.nodes.mag_edit.denoiser import DiffusersDenoiser
-    from contextedit.nodes.mag_edit.inversion import cfg_eps, ddim_schedule
+    import mag_edit as mag_bench  # the scenario benchmarks/mag_edit.py times
     from contextedit.nodes.mag_edit.mag import mag_edit, preset
-    from contextedit.nodes.mag_edit.prompts import prepare_prompts
 
     full = ctx.full and not ctx.smoke
     device = ctx.device
@@ -603,29 +588,11 @@ def mag(ctx):
         from fixtures.tiny_mag import sd_like_unet
 
         unet, d, hw = sd_like_unet(seed=0).to(device), 32, 16
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-    den = DiffusersDenoiser(unet, torch.cumprod(1 - betas, 0).float())
-    tok = _WordTokens()
-    table = torch.randn(256, d, generator=torch.Generator().manual_seed(1))
-
-    def enc(text):
-        ids = torch.tensor([t for t, _, _ in tok(text)["l"][0]])
-        return table[ids].unsqueeze(0).to(device)
-
-    prompts = prepare_prompts(tok, enc, "a white cat on a table", "a black dog on a table")
-    x0 = torch.randn(1, 4, hw, hw, generator=torch.Generator().manual_seed(2)).to(device)
-    mask = torch.zeros(1, hw * 8, hw * 8)
-    mask[:, hw * 2:hw * 6, hw * 2:hw * 6] = 1.0
+    den, prompts, x0, mask, plain_at = mag_bench.scenario(unet, d, hw, device)
     plain_steps = 50
 
     def plain():
-        sig = ddim_schedule(den.sigma_table, plain_steps)
-        z = x0 * float(sig[0])
-        with torch.no_grad():
-            for i in range(plain_steps):
-                z = z + (float(sig[i + 1]) - float(sig[i])) * cfg_eps(den, z, float(sig[i]), prompts.target_context,
-                                                                      prompts.uncond_context, 7.5)
-        return z
+        return plain_at(plain_steps)
 
     fast_cfg, paper_cfg = preset("fast"), preset("paper")
     if ctx.smoke:
